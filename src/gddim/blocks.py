@@ -1,0 +1,53 @@
+"""Per-mode k x k blocks: the one shape every time-dependent matrix of a process takes.
+
+In float64 numpy a block array has shape (..., M, k, k), M being the number of modes (1 when all
+pixels share one system, H*W for per-frequency processes). Applied to torch states it becomes a
+tensor of shape (k, k, h, w) acting on a state viewed as (B, k, C, H, W).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def eye(m: int, k: int) -> np.ndarray:
+    return np.broadcast_to(np.eye(k), (m, k, k)).copy()
+
+
+def transpose(a: np.ndarray) -> np.ndarray:
+    return np.swapaxes(a, -1, -2)
+
+
+def sym(a: np.ndarray) -> np.ndarray:
+    return 0.5 * (a + transpose(a))
+
+
+def psd_sqrt(p: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a PSD block after symmetrizing and clipping round-off negatives."""
+    w, v = np.linalg.eigh(sym(p))
+    return (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ transpose(v)
+
+
+def solve_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ inv(b) without forming the inverse."""
+    return transpose(np.linalg.solve(transpose(b), transpose(a)))
+
+
+def to_torch(a: np.ndarray, mode_shape: tuple[int, int], dtype=torch.float64, device=None) -> torch.Tensor:
+    """(..., M, k, k) float64 numpy -> (..., k, k, h, w) torch in the model's dtype."""
+    *lead, m, k, _ = a.shape
+    h, w = mode_shape
+    if m != h * w:
+        raise ValueError(f"block array has {m} modes but the mode shape is {mode_shape}")
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, (-3), -1)))  # (..., k, k, M)
+    return t.reshape(*lead, k, k, h, w).to(dtype=dtype, device=device)
+
+
+def apply(block: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Apply a block (k, k, h, w), or one per sample (B, k, k, h, w), to a state y of shape (B, k, C, H, W)."""
+    if block.ndim == 4:
+        block = block[None]
+    if block.shape[1] == 1:  # scalar per mode: a broadcast multiply is all it takes
+        return block * y
+    return (block[:, :, :, None] * y[:, None]).sum(dim=2)

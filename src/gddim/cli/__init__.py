@@ -1,0 +1,35 @@
+"""The `gddim` command: argument parsing only; every command calls the library.
+
+Each module of this package registers its own sub-commands through `register(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("bench", "train", "invert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gddim", description="gDDIM sampling, training and benchmarks for linear diffusions")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"gddim {args.command}: error: {err}", file=sys.stderr)
+        return 2

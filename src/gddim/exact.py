@@ -1,0 +1,84 @@
+"""Exact ε-models: finite data sets (BENCHMARKS §1), a single point (Dirac) and Gaussian data.
+
+For data {x_i}, p_t(u) = (1/N) Σ_i N(u; m_i(t), Σ_t) with m_i(t) = mean_coef(t) u0_i. In whitened
+coordinates w = K_t⁻¹ u and μ_i = K_t⁻¹ m_i the posterior weights are softmax_i(w·μ_i - ½|μ_i|²) and
+ε = w - Σ_i softmax_i μ_i. Everything is float64; the data axis is processed in chunks with a running
+log-sum-exp so that memory stays bounded for large N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import blocks
+from .processes import LinearProcess
+from .sampling import EpsFn
+
+
+def _single_time(t: torch.Tensor) -> float:
+    values = torch.unique(t.detach())
+    if len(values) != 1:
+        raise ValueError("exact ε-models take one time per call (every sampler passes a constant t)")
+    return float(values[0])
+
+
+def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str = "R", chunk: int = 8192) -> EpsFn:
+    """The exact ε of the empirical distribution of `data` (N, C, H, W) under `process`."""
+    if data.ndim != 4 or len(data) == 0:
+        raise ValueError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
+    y0 = process.to_basis(process.data_to_state(data.detach().cpu().to(torch.float64)))  # (N, k, C, H, W)
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        process.check_state(u)
+        if u.shape[1:] != (y0.shape[1] * y0.shape[2], *y0.shape[3:]):
+            raise ValueError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
+        tt = _single_time(t)
+        K = process.K(tt, parameterization)
+        whiten = process.blocks(np.linalg.inv(K), y0)
+        to_mean = process.blocks(np.linalg.solve(K, process.mean_coef(tt)), y0)
+        w = blocks.apply(whiten, process.to_basis(u.detach().cpu().to(torch.float64))).flatten(1)  # (B, D)
+        log_norm = torch.full((len(w),), -torch.inf, dtype=torch.float64)
+        weighted = torch.zeros_like(w)
+        for start in range(0, len(y0), chunk):
+            mu = blocks.apply(to_mean, y0[start:start + chunk]).flatten(1)  # (n, D)
+            logits = w @ mu.T - 0.5 * (mu * mu).sum(1)
+            new_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, 1))
+            weighted = weighted * torch.exp(log_norm - new_norm)[:, None] + torch.exp(logits - new_norm[:, None]) @ mu
+            log_norm = new_norm
+        eps = (w - weighted).reshape(len(w), *y0.shape[1:])
+        return process.from_basis(eps).to(dtype=u.dtype, device=u.device)
+
+    return eps_fn
+
+
+def dirac_eps(process: LinearProcess, point: torch.Tensor, parameterization: str = "R") -> EpsFn:
+    """The exact ε when the data is one point (C, H, W): ε = K_t⁻¹(u - m_t) (MATH §1.5)."""
+    return exact_eps(process, point[None], parameterization)
+
+
+def gaussian_eps(process: LinearProcess, variance: float, parameterization: str = "R") -> EpsFn:
+    """The exact ε for data x_0 ~ N(0, variance I): ε = Kᵀ C_t⁻¹ u (MATH §8.4 #10)."""
+    data_cov = np.zeros((process.modes, process.k, process.k))
+    data_cov[:, 0, 0] = variance
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        process.check_state(u)
+        tt = _single_time(t)
+        gain = gaussian_gain(process, tt, data_cov, parameterization)
+        y = process.to_basis(u.to(torch.float64))
+        return process.from_basis(blocks.apply(process.blocks(gain, y), y)).to(u.dtype)
+
+    return eps_fn
+
+
+def marginal_cov(process: LinearProcess, t, data_cov: np.ndarray) -> np.ndarray:
+    """C_t = M_t C_0 M_tᵀ + Σ_t for data of covariance C_0 (per mode, state coordinates)."""
+    m = process.mean_coef(t)
+    return m @ data_cov @ blocks.transpose(m) + process.sigma(t)
+
+
+def gaussian_gain(process: LinearProcess, t, data_cov: np.ndarray, parameterization: str = "R") -> np.ndarray:
+    """The matrix E_t with ε*(u, t) = E_t u for zero-mean Gaussian data: E_t = K_tᵀ C_t⁻¹."""
+    K = process.K(t, parameterization)
+    return blocks.transpose(np.linalg.solve(marginal_cov(process, t, data_cov), K))

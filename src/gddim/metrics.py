@@ -1,0 +1,157 @@
+"""Fréchet distances for sample quality (BENCHMARKS.md §2).
+
+The default feature space is that of a small classifier trained on the data set itself (`FeatureNet`,
+weights shipped in gddim/weights/ and made by benchmarks/train_classifier.py), so that a score means
+something for 8x8 digits or 16x16 Fashion-MNIST where Inception features do not. The statistics and the
+distance are torchmetrics' FID, in float64 on the CPU. `inception_fid` gives standard FID when
+torch-fidelity and a local copy of its Inception weights are at hand.
+
+The Fréchet distance is biased upward at small sample counts: compare scores only at equal counts, and
+quote `real_floor` at that count beside them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class FeatureNet(nn.Module):
+    """A small CNN classifier on images in [-1, 1]; its globally pooled activations are the features."""
+
+    def __init__(self, channels: int, image_size: int, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.channels, self.image_size, self.num_classes, self.width = channels, image_size, num_classes, width
+        self.num_features = 2 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.SiLU(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def config(self) -> dict[str, int]:
+        return {"channels": self.channels, "image_size": self.image_size, "num_classes": self.num_classes,
+                "width": self.width}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images in [-1, 1] -> (N, num_features)."""
+        expected = (self.channels, self.image_size, self.image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"this feature network takes images of shape (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+        return self.body(x).mean(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def available_feature_nets() -> list[str]:
+    """Names "{dataset}_{image_size}" of the shipped feature-network weights."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def load_feature_net(dataset: str, image_size: int) -> FeatureNet:
+    """The shipped classifier for `dataset` at image_size x image_size, in eval mode and frozen."""
+    path = WEIGHTS_DIR / f"{dataset}_{image_size}.safetensors"
+    if not path.is_file():
+        raise ValueError(
+            f"no feature-network weights for {dataset!r} at {image_size}x{image_size}; available: "
+            f"{', '.join(available_feature_nets()) or 'none'} (make more with benchmarks/train_classifier.py)"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        config = {k: int(v) for k, v in f.metadata().items()}
+    net = FeatureNet(**config)
+    net.load_state_dict(load_file(str(path)))
+    return net.eval().requires_grad_(False)
+
+
+def feature_net_info(dataset: str, image_size: int) -> dict:
+    """The training record (accuracy, seed, epochs, command) stored beside the shipped weights."""
+    return json.loads((WEIGHTS_DIR / f"{dataset}_{image_size}.json").read_text())
+
+
+class _Features(nn.Module):
+    """What torchmetrics wants of a custom extractor: forward -> (N, d) and an int `num_features`."""
+
+    def __init__(self, net: FeatureNet):
+        super().__init__()
+        self.net = net
+        self.num_features = net.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x.to(self.net.head.weight.dtype))
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000) -> float:
+    """Fréchet distance between real and fake images (N, C, H, W) in [-1, 1] in feature_net's feature space."""
+    for name, x in (("real", real), ("fake", fake)):
+        if x.shape[0] < 2:
+            raise ValueError(f"the Fréchet distance needs at least 2 {name} images, got {x.shape[0]}")
+    # a private copy, because set_dtype moves the extractor's weights to float64 along with the statistics
+    extractor = _Features(copy.deepcopy(feature_net).eval().requires_grad_(False))
+    metric = FrechetInceptionDistance(feature=extractor).set_dtype(torch.float64)
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(batch_size):
+                metric.update(chunk.detach().cpu().to(torch.float64), real=is_real)
+        return float(metric.compute())
+
+
+def real_floor(images: torch.Tensor, feature_net: FeatureNet, n: int | None = None, seed: int = 0,
+               batch_size: int = 1000) -> float:
+    """Distance between two disjoint random subsets of n real images each (default: the two halves).
+
+    The score a perfect generator would get with n samples against n real images: the floor to print beside
+    a score computed at the same count.
+    """
+    n = images.shape[0] // 2 if n is None else n
+    if not 2 <= n <= images.shape[0] // 2:
+        raise ValueError(f"n must be in [2, {images.shape[0] // 2}] for {images.shape[0]} images, got {n}")
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
+    return frechet_distance(images[perm[:n]], images[perm[n : 2 * n]], feature_net, batch_size)
+
+
+def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path, batch_size: int = 50,
+                  device: str | torch.device = "cpu") -> float:
+    """Standard FID (Inception-v3 pool features, 2048 dims) of images in [-1, 1], from local weights only.
+
+    Needs the torch-fidelity package and its weights file (weights-inception-2015-12-05-6726825d.pth);
+    nothing is downloaded. Grayscale images are repeated to three channels.
+    """
+    weights_path = Path(weights_path).expanduser()
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"Inception weights {weights_path} do not exist; pass a local copy of "
+                                f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise ModuleNotFoundError(
+            "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "
+            f"the path of a local {INCEPTION_WEIGHTS_FILE} as the weights path"
+        )
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_path))
+    metric = metric.set_dtype(torch.float64).to(device)
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(batch_size):
+                pixels = ((chunk.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                metric.update(pixels.expand(-1, 3, -1, -1).to(device), real=is_real)
+        return float(metric.compute())

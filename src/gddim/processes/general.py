@@ -1,0 +1,90 @@
+"""A linear process from user-supplied F_t and G_t (the paper's "any linear diffusion").
+
+Ψ(t,0), Σ_t and R_t come from one vectorized float64 ODE solve over all modes:
+Φ' = F Φ,  Σ' = F Σ + Σ Fᵀ + G Gᵀ,  R' = F R + ½ G Gᵀ R⁻ᵀ (MATH §1.1, §1.4).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.integrate import solve_ivp
+
+from .. import blocks
+from .base import LinearProcess, as_times
+from .basis import DCTBasis, IdentityBasis
+
+
+class LinearSDE(LinearProcess):
+    """du = F_t u dt + G_t dw with F(t), G(t) callables returning (k, k) or (M, k, k) arrays.
+
+    sigma0 is Cov(u_0 | x_0); for k > 1 it must be positive definite, because R_0 = chol(Σ_0) fixes R_t.
+    For k = 1 any Σ_0 >= 0 works: then R_t = √Σ_t.
+    """
+
+    def __init__(self, F: Callable, G: Callable, sigma0, k: int, mode_shape: tuple[int, int] = (1, 1),
+                 basis: str = "identity", t_start: float = 1.0, t_end: float = 1e-3, denoise: bool = False,
+                 prior_cov=None, name: str = "linear"):
+        if basis not in ("identity", "dct"):
+            raise ValueError(f"basis must be 'identity' or 'dct', got {basis!r}")
+        self.k, self.mode_shape, self.name = k, tuple(mode_shape), name
+        self.basis = DCTBasis() if basis == "dct" else IdentityBasis()
+        self.t_start, self.t_end, self.denoise = t_start, t_end, denoise
+        self._F = lambda t: np.broadcast_to(np.asarray(F(t), dtype=np.float64), (self.modes, k, k))
+        self._G = lambda t: np.broadcast_to(np.asarray(G(t), dtype=np.float64), (self.modes, k, k))
+        sigma0 = np.broadcast_to(np.asarray(sigma0, dtype=np.float64), (self.modes, k, k))
+        state0 = [blocks.eye(self.modes, k), sigma0]
+        if k > 1:
+            try:
+                state0.append(np.linalg.cholesky(sigma0))
+            except np.linalg.LinAlgError:
+                raise ValueError("sigma0 must be positive definite for k > 1 (R_0 = chol(Σ_0)); "
+                                 "add a small floor as CLD's eps_num does") from None
+        self._n_parts = len(state0)
+        self._solution = self._solve(np.stack(state0))
+        self._prior_cov = None if prior_cov is None else np.broadcast_to(np.asarray(prior_cov, float), (self.modes, k, k))
+
+    def _solve(self, y0: np.ndarray):
+        shape = y0.shape
+
+        def rhs(t, y):
+            y = y.reshape(shape)
+            f, g = self._F(t), self._G(t)
+            ggt = g @ blocks.transpose(g)
+            out = [f @ y[0], f @ y[1] + y[1] @ blocks.transpose(f) + ggt]
+            if self._n_parts == 3:
+                out.append(f @ y[2] + 0.5 * ggt @ blocks.transpose(np.linalg.inv(y[2])))
+            return np.stack(out).ravel()
+
+        sol = solve_ivp(rhs, (0.0, 1.0), y0.ravel(), method="DOP853", rtol=1e-12, atol=1e-14, dense_output=True)
+        if not sol.success:
+            raise RuntimeError(f"the process ODE failed: {sol.message}")
+        return lambda t: sol.sol(as_times(t)).T.reshape(-1, *shape)
+
+    def F(self, t):
+        return np.stack([self._F(ti) for ti in as_times(t)])
+
+    def GGT(self, t):
+        g = np.stack([self._G(ti) for ti in as_times(t)])
+        return g @ blocks.transpose(g)
+
+    def psi(self, t, s):
+        t, s = np.broadcast_arrays(as_times(t), as_times(s))
+        return blocks.solve_right(self._solution(t)[:, 0], self._solution(s)[:, 0])
+
+    def sigma(self, t):
+        return blocks.sym(self._solution(t)[:, 1])
+
+    def R(self, t):
+        if self._n_parts == 3:
+            return self._solution(t)[:, 2]
+        return np.sqrt(np.clip(self.sigma(t), 0.0, None))
+
+    def prior_cov(self):
+        return super().prior_cov() if self._prior_cov is None else self._prior_cov
+
+    def config(self):
+        # F and G are code, not numbers: a checkpoint of this process must be rebuilt by the user's script
+        return {"process": "linear", "name": self.name, "k": self.k, "mode_shape": list(self.mode_shape),
+                "basis": self.basis.name, "t_start": self.t_start, "t_end": self.t_end}

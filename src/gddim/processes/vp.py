@@ -1,0 +1,81 @@
+"""VP / DDPM (MATH §4.1): F = -½β I, G = √β I, Ψ(t,s) = √(ᾱ_t/ᾱ_s), Σ_t = (1-ᾱ_t) I, R_t = L_t = √(1-ᾱ_t) I."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import LinearProcess, as_times
+
+
+def _block(x: np.ndarray) -> np.ndarray:
+    return x[:, None, None, None]
+
+
+class VP(LinearProcess):
+    """Variance-preserving diffusion with a linear β schedule (score-SDE) or the iDDPM cosine schedule."""
+
+    name = "vp"
+    k = 1
+
+    def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
+                 cosine_s: float = 0.008, t_end: float = 1e-3, t_start: float | None = None):
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"VP schedule must be 'linear' or 'cosine', got {schedule!r}")
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"VP needs 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.schedule, self.beta_min, self.beta_max, self.cosine_s = schedule, beta_min, beta_max, cosine_s
+        self.t_end = t_end
+        if t_start is None:
+            # the cosine ᾱ reaches 0 at t = 1, so start where σ/α = 80 as BDM does (MATH §4.3)
+            t_start = 1.0 if schedule == "linear" else self._time_of_alpha_bar(1.0 / (1.0 + 80.0**2))
+        self.t_start = t_start
+
+    def _phase(self, t):
+        return (t + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2
+
+    def log_alpha_bar(self, t) -> np.ndarray:
+        t = as_times(t)
+        if self.schedule == "linear":
+            return -0.5 * t**2 * (self.beta_max - self.beta_min) - t * self.beta_min
+        return 2 * (np.log(np.cos(self._phase(t))) - math.log(math.cos(self._phase(0.0))))
+
+    def beta(self, t) -> np.ndarray:
+        """β(t) = -d log ᾱ / dt."""
+        t = as_times(t)
+        if self.schedule == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        return np.tan(self._phase(t)) * math.pi / (1 + self.cosine_s)
+
+    def _time_of_alpha_bar(self, alpha_bar: float) -> float:
+        c = math.sqrt(alpha_bar) * math.cos(self._phase(0.0))
+        return math.acos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+
+    def F(self, t):
+        return _block(-0.5 * self.beta(t))
+
+    def GGT(self, t):
+        return _block(self.beta(t))
+
+    def psi(self, t, s):
+        return _block(np.exp(0.5 * (self.log_alpha_bar(t) - self.log_alpha_bar(s))))
+
+    def sigma(self, t):
+        return _block(-np.expm1(self.log_alpha_bar(t)))
+
+    def R(self, t):
+        return np.sqrt(self.sigma(t))
+
+    L = R
+
+    def prior_cov(self):
+        return np.ones((1, 1, 1))
+
+    def log_snr(self, t):
+        la = self.log_alpha_bar(t)
+        return la - np.log(-np.expm1(la))
+
+    def config(self):
+        return {"process": "vp", "schedule": self.schedule, "beta_min": self.beta_min, "beta_max": self.beta_max,
+                "cosine_s": self.cosine_s, "t_start": self.t_start, "t_end": self.t_end}
