@@ -163,11 +163,11 @@ def _hat_psi_ode(process: LinearProcess, t: np.ndarray, s: np.ndarray, lam: floa
     return sol.y[:, -1].reshape(n, m, k, k)
 
 
-def stochastic(process: LinearProcess, ts: np.ndarray, lam: float, parameterization: str = "R") -> Recursion:
+def stochastic(process: LinearProcess, ts: np.ndarray, lam: float) -> Recursion:
     """Stochastic gDDIM, q = 0 (MATH §3.2): u_s ~ N(Ψ u_t + (Ψ̂^λ - Ψ) K_t ε, P^λ), P^λ = Σ_s - Ψ̂ Σ_t Ψ̂ᵀ.
 
-    Exact for Dirac data at any λ and step; λ = 1 is the posterior (ancestral) step. K_t ε_K = R_t ε_R,
-    so the parameterization does not change this step.
+    Exact for Dirac data at any λ and step; λ = 1 is the posterior (ancestral) step. K_t ε_K = R_t ε_R for
+    every square root K, so this step is the same in the R and L parameterizations.
     """
     t, s = ts[:-1], ts[1:]
     A = process.psi(s, t)

@@ -61,7 +61,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
         if method == "gddim" and lam == 0:
             rec = coefficients.exponential_integrator(process, ts, order, parameterization)
         elif method in ("gddim", "ancestral"):
-            rec = coefficients.stochastic(process, ts, lam, parameterization)
+            rec = coefficients.stochastic(process, ts, lam)
         elif method in ("euler", "em"):
             rec = coefficients.euler_maruyama(process, ts, lam)
         else:
