@@ -250,7 +250,9 @@ def _image_folder(path: Path, image_size: int | None) -> torch.Tensor:
     if any(a.ndim == 3 for a in arrays):  # one colour image makes the whole set RGB
         arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
     if image_size is None:
-        sizes = {a.shape[:2]: p for a, p in zip(arrays, files)}
+        sizes: dict[tuple[int, int], Path] = {}
+        for a, p in zip(arrays, files):
+            sizes.setdefault(a.shape[:2], p)
         if len(sizes) > 1:
             (s1, p1), (s2, p2) = list(sizes.items())[:2]
             raise DataError(
