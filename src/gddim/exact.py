@@ -28,26 +28,38 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
     if data.ndim != 4 or len(data) == 0:
         raise ValueError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
     y0 = process.to_basis(process.data_to_state(data.detach().cpu().to(torch.float64)))  # (N, k, C, H, W)
+    if y0[:, 1:].any():
+        raise ValueError(f"{process.name}.data_to_state must leave every component but the first at zero")
+    # clean states are (x, 0), so μ_i = a ⊙ x_i with a the first column of K⁻¹ mean_coef: sums run over x alone
+    x0 = y0[:, :1]
+    x_flat = x0.flatten(1)  # (N, D)
+    x_sq = x_flat**2
 
     def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         process.check_state(u)
-        if u.shape[1:] != (y0.shape[1] * y0.shape[2], *y0.shape[3:]):
+        if u.shape[1:] != (process.k * x0.shape[2], *x0.shape[3:]):
             raise ValueError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
         tt = _single_time(t)
         K = process.K(tt, parameterization)
-        whiten = process.blocks(np.linalg.inv(K), y0)
-        to_mean = process.blocks(np.linalg.solve(K, process.mean_coef(tt)), y0)
-        w = blocks.apply(whiten, process.to_basis(u.detach().cpu().to(torch.float64))).flatten(1)  # (B, D)
-        log_norm = torch.full((len(w),), -torch.inf, dtype=torch.float64)
-        weighted = torch.zeros_like(w)
-        for start in range(0, len(y0), chunk):
-            mu = blocks.apply(to_mean, y0[start:start + chunk]).flatten(1)  # (n, D)
-            logits = w @ mu.T - 0.5 * (mu * mu).sum(1)
-            new_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, 1))
-            weighted = weighted * torch.exp(log_norm - new_norm)[:, None] + torch.exp(logits - new_norm[:, None]) @ mu
-            log_norm = new_norm
-        eps = (w - weighted).reshape(len(w), *y0.shape[1:])
-        return process.from_basis(eps).to(dtype=u.dtype, device=u.device)
+        w = blocks.apply(process.blocks(np.linalg.inv(K), x0), process.to_basis(u.detach().cpu().to(torch.float64)))
+        a = process.blocks(np.linalg.solve(K, process.mean_coef(tt)), x0)[0, :, :1]  # (k, 1, H, W)
+        w_x = (a * w).sum(1).flatten(1)  # w·μ_i = w_x·x_i, (B, D)
+        half_sq = 0.5 * x_sq @ (a * a).sum(0).expand(x0.shape[2:]).reshape(-1)  # ½|μ_i|², (N,)
+        # streaming softmax: a running maximum keeps exp in range with one exp per logit
+        run_max = torch.full((len(w_x),), -torch.inf, dtype=torch.float64)
+        total = torch.zeros(len(w_x), dtype=torch.float64)
+        weighted = torch.zeros_like(w_x)
+        for start in range(0, len(x_flat), chunk):
+            xs = x_flat[start:start + chunk]
+            logits = w_x @ xs.T - half_sq[start:start + chunk]
+            new_max = torch.maximum(run_max, logits.amax(1))  # not max(1): its indices are slow with threads
+            decay = torch.exp(run_max - new_max)
+            p = torch.exp(logits - new_max[:, None])
+            total = total * decay + p.sum(1)
+            weighted = weighted * decay[:, None] + p @ xs
+            run_max = new_max
+        mean_x = (weighted / total[:, None]).reshape(len(w), 1, *x0.shape[2:])
+        return process.from_basis(w - a * mean_x).to(dtype=u.dtype, device=u.device)
 
     return eps_fn
 

@@ -177,7 +177,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadrat
         y = _sscs_linear(process, y, t, mid, generator)
         # score part: dv = 2Γβ [s_v + M⁻¹ v] dτ' with s = -R⁻ᵀ ε, over the whole step
         eps = model(y, mid, i)
-        score_v = -blocks.apply(process.blocks(np.linalg.inv(process.R(mid)).transpose(0, 2, 1), y), eps)[:, 1]
+        score_v = -blocks.apply(process.blocks(blocks.transpose(np.linalg.inv(process.R(mid)[0])), y), eps)[:, 1]
         dv = 2 * process.Gamma * process.beta(mid)[0] * (t - s) * (score_v + process.m_inv * y[:, 1])
         y = torch.stack([y[:, 0], y[:, 1] + dv], dim=1)
         y = _sscs_linear(process, y, mid, s, generator)

@@ -39,7 +39,10 @@ class VP(LinearProcess):
         t = as_times(t)
         if self.schedule == "linear":
             return -0.5 * t**2 * (self.beta_max - self.beta_min) - t * self.beta_min
-        return 2 * (np.log(np.cos(self._phase(t))) - math.log(math.cos(self._phase(0.0))))
+        # log(cos φ_t/cos φ_0), with cos φ_t − cos φ_0 = −2 sin((φ_t+φ_0)/2) sin((φ_t−φ_0)/2): exact near t = 0
+        p0 = self._phase(0.0)
+        half_gap = t / (1 + self.cosine_s) * math.pi / 4
+        return 2 * np.log1p(-2 * np.sin(self._phase(t) / 2 + p0 / 2) * np.sin(half_gap) / math.cos(p0))
 
     def beta(self, t) -> np.ndarray:
         """β(t) = -d log ᾱ / dt."""
