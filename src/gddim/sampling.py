@@ -51,7 +51,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
     lam = _default_lam(method, lam)
     _check_options(process, method, order, lam, parameterization)
     denoise = process.denoise if denoise is None else denoise
-    n_steps = steps_for_nfe(process, nfe, denoise) if isinstance(grid, str) else len(grid) - 1
+    n_steps = _steps(process, nfe, grid, denoise)
     if method == "gddim" and n_steps < order + 1:
         raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
@@ -70,6 +70,15 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
     return cache[key]
+
+
+def _steps(process: LinearProcess, nfe: int, grid, denoise: bool) -> int:
+    """Integrator steps for an NFE budget; an explicit grid must spend exactly that budget."""
+    n_steps = steps_for_nfe(process, nfe, denoise)
+    if not isinstance(grid, str) and len(grid) - 1 != n_steps:
+        raise ValueError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
+                         + (" (plus the denoising step)" if denoise else ""))
+    return n_steps
 
 
 def _default_lam(method: str, lam: float | None) -> float:
@@ -167,7 +176,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadrat
          generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Symmetric splitting CLD sampler (MATH §5.2): A(h/2) S(h) A(h/2) per step, then the denoising step."""
     process.check_state(u_T, "u_T")
-    n_steps = steps_for_nfe(process, nfe) if isinstance(grid, str) else len(grid) - 1
+    n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     model = _Model(process, eps_fn, u_T.shape)
     y = process.to_basis(u_T)

@@ -1,0 +1,121 @@
+"""Time grids and NFE accounting: MATH.md §5.1, §8.5 #14, §9.6 and the Appendix A.6 BDM values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gddim
+from gddim.grids import GRIDS, steps_for_nfe, time_grid
+
+import reference as ref
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("name", ref.PROCESS_NAMES)
+@pytest.mark.parametrize("n_steps", [1, 2, 7, 100])
+def test_grid_is_decreasing_with_exact_endpoints(name, grid, n_steps):
+    """#14: t_0 = T_s > t_1 > ... > t_N = ε_s, both endpoints bit-exact, N + 1 points."""
+    process = ref.build(name)
+    ts = time_grid(process, n_steps, grid)
+    assert ts.shape == (n_steps + 1,)
+    assert ts[0] == process.t_start and ts[-1] == process.t_end
+    assert np.all(np.diff(ts) < 0)
+
+
+@pytest.mark.parametrize("kappa,grid", [(1.0, "uniform"), (2.0, "quadratic")])
+def test_power_grid_formula(kappa, grid):
+    """MATH §5.1: t_i = (T^{1/κ} + (i/N)(ε^{1/κ} - T^{1/κ}))^κ; κ = 1 is uniform in t, κ = 2 uniform in √t."""
+    process = ref.build("cld")
+    n = 9
+    ts = time_grid(process, n, grid)
+    expected = [(1.0 + i / n * (1e-3 ** (1 / kappa) - 1.0)) ** kappa for i in range(n + 1)]
+    np.testing.assert_allclose(ts, expected, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(np.diff(ts ** (1 / kappa)), (1e-3 ** (1 / kappa) - 1) / n, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ref.PROCESS_NAMES)
+def test_logsnr_grid_is_uniform_in_log_snr(name):
+    """The 'logsnr' grid has equal steps of process.log_snr (bisection to float64 resolution)."""
+    process = ref.build(name)
+    ts = time_grid(process, 20, "logsnr")
+    steps = np.diff(process.log_snr(ts))
+    total = process.log_snr(process.t_end)[0] - process.log_snr(process.t_start)[0]
+    np.testing.assert_allclose(steps, total / 20, rtol=1e-9)
+
+
+def test_grid_respects_t_start_and_t_end():
+    process = ref.build("vp-linear")
+    ts = time_grid(process, 5, "quadratic", t_start=0.5, t_end=0.01)
+    assert ts[0] == 0.5 and ts[-1] == 0.01 and len(ts) == 6
+
+
+@pytest.mark.parametrize("name,nfe,points", [
+    ("cld", 50, 50),  # the denoising step is the 50th NFE: 49 steps, 50 points (MATH §9.6)
+    ("cld", 2, 2),
+    ("bdm", 50, 51),  # no denoising: N = NFE
+    ("vp-linear", 10, 11),
+    ("vp-cosine", 1, 2),
+])
+def test_points_per_nfe(name, nfe, points):
+    """#14: the integrator grid of an NFE budget; the sampler plan makes exactly NFE model calls."""
+    process = ref.build(name)
+    ts = time_grid(process, steps_for_nfe(process, nfe))
+    assert len(ts) == points
+    rec = gddim.plan(process, nfe)
+    assert rec.steps == nfe
+    # a call at every point but the last; CLD's denoising call sits at ε_s and lands on t = 0
+    calls, lands = (ts, np.append(ts[1:], 0.0)) if process.denoise else (ts[:-1], ts[1:])
+    np.testing.assert_array_equal(rec.times, calls)
+    np.testing.assert_array_equal(rec.next_times, lands)
+
+
+def test_nfe_with_denoising_can_be_turned_off():
+    process = ref.build("cld")
+    assert steps_for_nfe(process, 10) == 9 and steps_for_nfe(process, 10, denoise=False) == 10
+    assert gddim.plan(process, 10, denoise=False).steps == 10
+
+
+def test_bdm_reference_values():
+    """Appendix A.6: T_s = t(σ/α = 80), ᾱ(T_s), and the NFE = 50, κ = 2 grid's first and last points."""
+    process = ref.build("bdm")
+    t_s = process.t_start
+    alpha_bar = process.alpha_bar(t_s)[0]
+    assert math.sqrt((1 - alpha_bar) / alpha_bar) == pytest.approx(80.0, rel=1e-12)
+    # A.6 prints 0.99597979, whose ρ is 80.0078; the exact inverse of ρ = 80 is 0.995979009 (8e-7 lower)
+    assert abs(t_s - 0.99597979) < 1e-6
+    ref.assert_printed(alpha_bar, ["1.562e-4"])
+    ts = time_grid(process, steps_for_nfe(process, 50))
+    ref.assert_printed(ts[:3], ["0.99598", "0.95666", "0.91814"])
+    ref.assert_printed(ts[-3:], ["0.0018452", "0.00053171", "1e-5"])
+
+
+def test_explicit_grid_is_used_as_given():
+    process = ref.build("vp-linear")
+    seq = [0.9, 0.5, 0.2, 0.01]
+    np.testing.assert_array_equal(time_grid(process, 0, seq), seq)
+    rec = gddim.plan(process, 3, grid=seq)
+    np.testing.assert_array_equal(rec.times, seq[:-1])
+    np.testing.assert_array_equal(rec.next_times, seq[1:])
+
+
+@pytest.mark.parametrize("seq", [[0.5, 0.5, 0.1], [0.1, 0.5], [0.5], [[0.9, 0.1]], [0.9, 0.4, 0.6, 0.1]])
+def test_explicit_grid_must_be_strictly_decreasing(seq):
+    with pytest.raises(ValueError, match="strictly decreasing 1-D sequence of at least 2 times"):
+        time_grid(ref.build("vp-linear"), 1, seq)
+
+
+def test_bad_grid_arguments():
+    process = ref.build("vp-linear")
+    with pytest.raises(ValueError, match="unknown grid 'cubic'"):
+        time_grid(process, 5, "cubic")
+    with pytest.raises(ValueError, match="need 0 < t_end < t_start"):
+        time_grid(process, 5, t_start=0.1, t_end=0.5)
+    with pytest.raises(ValueError, match="at least one step"):
+        time_grid(process, 0)
+    with pytest.raises(ValueError, match="nfe=1 leaves no integrator step after the denoising step"):
+        steps_for_nfe(ref.build("cld"), 1)
+    with pytest.raises(ValueError, match="nfe=0 leaves no integrator step"):
+        steps_for_nfe(process, 0)
