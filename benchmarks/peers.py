@@ -1,0 +1,94 @@
+"""gDDIM beside diffusers' samplers on the exact-score VP benchmark (BENCHMARKS §1, peers), and step overhead.
+
+    python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits
+    python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 10000 --out benchmarks/peers_fashion-mnist
+    python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json
+
+Writes results.json (every record with its noise levels, plus the gDDIM/best-peer ratios per NFE) and
+errors.png into the output folder; --overhead writes one JSON file of per-step medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import gddim  # noqa: E402
+from gddim import peers  # noqa: E402
+from gddim.data import load_images  # noqa: E402
+
+
+def plot(result: dict, path: Path, title: str) -> None:
+    records = result["records"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    lines = [(f"gddim-q{q}", "gddim", "trailing", "-", "o") for q in range(4)]
+    lines += [(f"gddim-q{q}", "gddim", "quadratic", "--", "s") for q in range(4)]
+    lines += [(name, "diffusers", "trailing", ":", "^") for name in peers.PEERS]
+    colors = plt.get_cmap("tab20").colors
+    for ax, metric in zip(axes, ("path_error", "data_error")):
+        for color, (sampler, family, grid, style, marker) in zip(colors, lines):
+            rows = sorted((r for r in records if r["sampler"] == sampler and r["family"] == family and r["grid"] == grid),
+                          key=lambda r: r["nfe"])
+            if rows:
+                ax.plot([r["nfe"] for r in rows], [r[metric] for r in rows], style, marker=marker, color=color,
+                        label=f"{sampler} ({grid})" if family == "gddim" else sampler)
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title=f"{title}: {metric}")
+        nfes = sorted({r["nfe"] for r in records})
+        ax.set_xticks(nfes, [str(n) for n in nfes], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].axhline(result["reference"]["data_error"], color="k", lw=0.8, label="reference ODE")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits", help="digits or fashion-mnist (any gddim.data source)")
+    p.add_argument("--image-size", type=int, help="resize the data (fashion-mnist: 16)")
+    p.add_argument("--n-data", type=int, help="use the first N training images (the exact score costs O(N) per call)")
+    p.add_argument("--nfe", default="5,10,15,20,50", help="comma-separated NFEs")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtol", type=float, default=1e-10, help="reference ODE tolerance (checked at half of it)")
+    p.add_argument("--overhead", action="store_true", help="time scheduler steps instead (writes --out as JSON)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    machine = peers.machine()
+    print(f"machine: {machine}")
+    if args.overhead:
+        result = peers.step_overhead()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "command": " ".join(["python benchmarks/peers.py", *sys.argv[1:]])}, indent=1))
+        for name, seconds in result["median_step_seconds"].items():
+            print(f"{name:>12}: {seconds * 1e6:8.1f} µs/step ({result['step_ratio_to_ddim'][name]:.2f}x DDIM)")
+        return 0
+    data = load_images(args.dataset, "train", args.image_size)
+    data = data if args.n_data is None else data[: args.n_data]
+    nfes = tuple(int(v) for v in args.nfe.split(","))
+    result = peers.benchmark(gddim.VP(), data, nfes, args.batch, args.seed, rtol=args.rtol)
+    result["settings"].update(dataset=args.dataset, image_size=args.image_size, n_data=args.n_data)
+    result["command"] = " ".join(["python benchmarks/peers.py", *sys.argv[1:]])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "errors.png", args.dataset + (f" {args.image_size}x{args.image_size}" if args.image_size else ""))
+    print("ratio of gDDIM's best error to the best peer's (same grid / any gDDIM grid):")
+    for row in result["ratios"]:
+        cells = [f"{m[:4]} {row[m]['ratio_same_grid']:.3g} / {row[m]['ratio_any_grid']:.3g}" for m in ("path_error", "data_error")]
+        print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
+    print(f"wrote {out / 'results.json'} and {out / 'errors.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
