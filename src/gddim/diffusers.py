@@ -30,11 +30,11 @@ from scipy.interpolate import PchipInterpolator
 from . import coefficients
 from .processes import VP
 from .processes.base import as_times
+from .sampling import MAX_ORDER, check_order_and_lam
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
-MAX_ORDER = 3
 
 
 def train_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
@@ -263,12 +263,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
 def _check_options(prediction_type: str, solver_order: int, lam: float, timestep_spacing: str) -> None:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    if not (isinstance(solver_order, (int, np.integer)) and 0 <= solver_order <= MAX_ORDER):
-        raise ValueError(f"solver_order (q) must be an integer in 0..{MAX_ORDER}, got {solver_order!r}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam (λ) must lie in [0, 1], got {lam}")
-    if lam > 0 and solver_order > 0:
-        raise ValueError("stochastic gDDIM (lam > 0) is a single-step method: use solver_order=0")
+    check_order_and_lam(solver_order, lam, order_name="solver_order (q)")
     if timestep_spacing not in SPACINGS:
         raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {SPACINGS}")
 

@@ -27,19 +27,24 @@ class SamplerError(RuntimeError):
     """The ε-model misbehaved during sampling (NaN, wrong shape)."""
 
 
+def check_order_and_lam(order: int, lam: float, order_name: str = "order q") -> None:
+    """gDDIM's order q and stochasticity λ: q in 0..3, λ in [0, 1], and λ > 0 only at q = 0 (MATH §3.2)."""
+    if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
+        raise ValueError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"λ (lam) must lie in [0, 1], got {lam}")
+    if lam > 0 and order > 0:
+        raise ValueError(f"stochastic gDDIM (lam > 0) is the q = 0 step of MATH §3.2; use {order_name.split()[0]}=0")
+
+
 def _check_options(process: LinearProcess, method: str, order: int, lam: float, parameterization: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
-        raise ValueError(f"order q must be an integer in 0..{MAX_ORDER}, got {order!r}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"λ (lam) must lie in [0, 1], got {lam}")
+    check_order_and_lam(order, lam)
     if parameterization not in ("R", "L"):
         raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
     if method != "gddim" and (order != 0 or parameterization != "R"):
         raise ValueError(f"order and parameterization belong to method='gddim'; {method!r} is first order in R")
-    if method == "gddim" and lam > 0 and order > 0:
-        raise ValueError("stochastic gDDIM (lam > 0) is the q = 0 step of MATH §3.2; use order=0")
     if method == "sscs" and not isinstance(process, CLD):
         raise ValueError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
 
