@@ -1,0 +1,212 @@
+"""`gddim train`, `gddim sample`, `gddim evaluate` and `gddim quickstart`: argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..data import DataError
+
+PROCESS_NAMES = ("vp", "cld", "bdm")
+
+
+def register(subparsers) -> None:
+    _train_parser(subparsers)
+    _sample_parser(subparsers)
+    _evaluate_parser(subparsers)
+    p = subparsers.add_parser("quickstart", help="train a small CLD model on digits, sample it with gDDIM and "
+                              "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
+    p.add_argument("--out", required=True, help="output folder (new, or a quickstart folder to finish)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--n", type=int, default=500, help="samples per Fréchet distance (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_reported(_run_quickstart))
+
+
+def _reported(run):
+    """Errors of the library that are the user's to fix: one line on stderr and exit code 2, no traceback."""
+
+    def wrapped(args) -> int:
+        from ..sampling import SamplerError
+        from ..training import TrainingError
+
+        try:
+            return run(args)
+        except (DataError, TrainingError, SamplerError) as err:
+            print(f"gddim {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def _csv(kind):
+    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+
+
+# ---- train -------------------------------------------------------------------------------------------------
+
+TRAIN_DEFAULTS = {"process": "cld", "data": "digits", "image_size": None, "preset": "tiny", "steps": 2000, "batch": 64,
+                  "lr": 2e-4, "warmup": 100, "ema": 0.999, "grad_clip": 1.0, "flip": False, "seed": 0,
+                  "ckpt_every": 500, "sample_every": 0, "out": None, "resume": False, "device": None,
+                  "no_progress": False}
+
+
+def _train_parser(subparsers) -> None:
+    from ..networks import PRESETS
+
+    p = subparsers.add_parser("train", help="train an ε-network for VP, CLD or BDM (torchrun for several processes)",
+                              description="Train an ε-network. Under `torchrun --nproc_per_node=N` it runs DDP. "
+                              "Rerunning the same command in the same --out folder resumes the run.")
+    p.add_argument("--config", help="JSON file whose keys are the option names below (image_size, not "
+                   "--image-size); options given on the command line win")
+    p.add_argument("--process", choices=PROCESS_NAMES, help="default cld")
+    p.add_argument("--data", help="digits (default), fashion-mnist, cifar10:PATH, a folder of images or an .npz file")
+    p.add_argument("--image-size", type=int, help="resize the images to this square size")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="network size (default tiny)")
+    p.add_argument("--steps", type=int, help="default 2000")
+    p.add_argument("--batch", type=int, help="batch size per process (default 64)")
+    p.add_argument("--lr", type=float, help="default 2e-4")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warmup steps (default 100)")
+    p.add_argument("--ema", type=float, help="EMA decay of the weights (default 0.999)")
+    p.add_argument("--grad-clip", type=float, help="default 1.0")
+    p.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--ckpt-every", type=int, help="default 500")
+    p.add_argument("--sample-every", type=int, help="write a sample grid every N steps (default 0: at the end)")
+    p.add_argument("--out", help="run folder: new, or a run of the same configuration to resume (required)")
+    p.add_argument("--resume", action="store_true", default=None, help="insist on resuming (error if --out holds no run)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", default=None)
+    p.set_defaults(run=_reported(_run_train))
+
+
+def train_options(args: argparse.Namespace) -> dict:
+    """Options from the command line, else from --config's JSON, else TRAIN_DEFAULTS."""
+    from_file = json.loads(Path(args.config).read_text()) if args.config else {}
+    unknown = sorted(set(from_file) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{args.config}: unknown keys {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    options = {**TRAIN_DEFAULTS, **from_file, **given}
+    if not options["out"]:
+        raise ValueError("gddim train needs an output folder: --out DIR (or \"out\" in the --config file)")
+    return options
+
+
+def make_process(name: str, image_size: int):
+    from ..processes import BDM, CLD, VP
+
+    if name not in PROCESS_NAMES:
+        raise ValueError(f"unknown process {name!r}; choose one of {PROCESS_NAMES}")
+    return {"vp": VP, "cld": CLD}.get(name, lambda: BDM(image_size=image_size))()
+
+
+def data_source(source: str) -> str:
+    """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
+    if source in ("digits", "fashion-mnist"):
+        return source
+    prefix = "cifar10:" if source.startswith("cifar10:") else ""
+    return prefix + str(Path(source[len(prefix):]).expanduser().resolve())
+
+
+def _run_train(args) -> int:
+    from ..data import load_images
+    from ..networks import preset
+    from ..training import TrainConfig, train
+
+    o = train_options(args)
+    source = data_source(o["data"])
+    images = load_images(source, "train", o["image_size"])
+    config = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"], warmup=o["warmup"], ema_decay=o["ema"],
+                         grad_clip=o["grad_clip"], flip=o["flip"], seed=o["seed"], ckpt_every=o["ckpt_every"],
+                         sample_every=o["sample_every"])
+    result = train(make_process(o["process"], images.shape[-1]), images, o["out"], preset(o["preset"]), config,
+                   {"source": source, "image_size": o["image_size"]}, resume=True if o["resume"] else None,
+                   progress=not o["no_progress"], device=o["device"])
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint} (step {result.step}, {result.images_per_second:.0f} images/s)")
+    return 130 if result.interrupted else 0
+
+
+# ---- sample ------------------------------------------------------------------------------------------------
+
+def _sampler_options(p) -> None:
+    p.add_argument("--method", default="gddim", choices=("gddim", "euler", "em", "ancestral", "sscs"))
+    p.add_argument("--order", type=int, default=0, help="gDDIM order q (0..3)")
+    p.add_argument("--lam", type=float, help="λ in [0, 1] (gddim: stochastic at q=0; em: 1 by default)")
+    p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
+
+
+def _sample_parser(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="sample a checkpoint: PNG grid and .npz")
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    _sampler_options(p)
+    p.add_argument("--nfe", type=int, default=50)
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
+    p.add_argument("--device")
+    p.set_defaults(run=_reported(_run_sample))
+
+
+def _run_sample(args) -> int:
+    from ..evaluation import sample_from_checkpoint, save_grid, save_npz
+
+    images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam, args.param,
+                                    args.seed, args.batch, args.device)
+    prefix = Path(args.out)
+    grid = save_grid(images[:256], prefix.with_name(prefix.name + ".png"))
+    npz = save_npz(images, prefix.with_name(prefix.name + ".npz"))
+    print(f"{len(images)} samples: grid {grid}, arrays {npz}")
+    return 0
+
+
+# ---- evaluate ----------------------------------------------------------------------------------------------
+
+def _evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("--samplers", type=_csv(str), default=["gddim:q=2", "em"],
+                   help='comma-separated specs method[:q=N][:lam=X][:param=L], e.g. "gddim:q=2,gddim:lam=1,em"')
+    p.add_argument("--nfe", type=_csv(int), default=[10, 20, 50, 100], help="comma-separated NFEs")
+    p.add_argument("--n", type=int, help="samples per score (default min(1000, real/2))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--out", required=True, help="folder for metrics.json, quality_vs_nfe.png and grids/")
+    p.add_argument("--inception", metavar="WEIGHTS", help="standard FID against all training images, with a local "
+                   "copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (needs torch-fidelity)")
+    p.add_argument("--device")
+    p.set_defaults(run=_reported(_run_evaluate))
+
+
+def _run_evaluate(args) -> int:
+    from ..evaluation import evaluate
+
+    result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
+                      out_dir=args.out, inception=args.inception, device=args.device, progress=True)
+    floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
+    return 0
+
+
+# ---- quickstart --------------------------------------------------------------------------------------------
+
+def _run_quickstart(args) -> int:
+    from ..evaluation import quickstart
+
+    out = Path(args.out)
+    try:
+        result = quickstart(out, steps=args.steps, n=args.n, seed=args.seed)
+    except KeyboardInterrupt:
+        print(f"interrupted; run `gddim quickstart --out {out}` again to resume", file=sys.stderr)
+        return 130
+    print(f"\nCLD on digits, {result['step']} training steps; Fréchet distance on classifier features, "
+          f"n={result['n']} (real vs real floor {result['floor']:.3g}):")
+    for r in result["records"]:
+        print(f"  {r['label']:<12} NFE {r['nfe']:>3}: {r['fd']:.3g}")
+    print(f"metrics: {out / 'metrics.json'}\nplot:    {out / 'quality_vs_nfe.png'}\ngrids:   {out / 'grids'}\n"
+          f"run:     {out / 'run'} (checkpoint, loss.csv, samples/)")
+    return 0

@@ -1,0 +1,266 @@
+"""Sampling trained models, image grids and .npz files, and quality-vs-NFE sweeps (BENCHMARKS.md §2).
+
+Quality is the Fréchet distance between n samples and n real training images in the feature space of
+the data set's small classifier (gddim.metrics), printed beside the real-vs-real floor at the same n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import load_images
+from .metrics import frechet_distance, inception_fid, load_feature_net
+from .networks import EpsModel
+from .processes import LinearProcess
+from .sampling import sample
+from .training import Checkpoint, load_checkpoint
+
+SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization"}
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One sampler setting; written as a spec string "method[:q=ORDER][:lam=λ][:param=R|L]", e.g. "gddim:q=2"."""
+
+    method: str = "gddim"
+    order: int = 0
+    lam: float | None = None
+    parameterization: str = "R"
+
+    @classmethod
+    def parse(cls, spec: str) -> Sampler:
+        method, *options = spec.strip().split(":")
+        values: dict = {}
+        for option in options:
+            key, eq, value = option.partition("=")
+            if not eq or key not in SAMPLER_KEYS:
+                raise ValueError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
+                                 "e.g. gddim:q=2 or gddim:lam=0.5")
+            values[SAMPLER_KEYS[key]] = value
+        try:
+            return cls(method, int(values.get("order", 0)),
+                       float(values["lam"]) if "lam" in values else None, values.get("parameterization", "R"))
+        except ValueError:
+            raise ValueError(f"bad number in sampler spec {spec!r}") from None
+
+    @property
+    def label(self) -> str:
+        """The spec string, keeping only what differs from the defaults (parse(label) gives the sampler back)."""
+        parts = [self.method]
+        if self.order:
+            parts.append(f"q={self.order}")
+        if self.lam is not None:
+            parts.append(f"lam={self.lam:g}")
+        if self.parameterization != "R":
+            parts.append(f"param={self.parameterization}")
+        return ":".join(parts)
+
+    def options(self) -> dict:
+        return {"method": self.method, "order": self.order, "lam": self.lam, "parameterization": self.parameterization}
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------
+
+def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim", order: int = 0,
+                  lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
+                  device=None, progress: bool = False) -> torch.Tensor:
+    """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+    weight = next(model.parameters())
+    device = torch.device(device) if device is not None else weight.device
+    model = model.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            shape = (min(batch, n - start), model.data_channels, model.image_size, model.image_size)
+            u_T = process.prior_sample(shape, generator=generator, dtype=weight.dtype, device=device)
+            out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization,
+                              generator=generator, progress=progress).cpu())
+    return torch.cat(out)
+
+
+def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50, order: int = 0,
+                           lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
+                           device=None, progress: bool = False) -> torch.Tensor:
+    """Samples of the checkpoint's EMA network with any sampler of gddim.sample."""
+    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
+    return sample_images(checkpoint.process(), checkpoint.network("ema", device), n, nfe, method, order, lam,
+                         parameterization, seed, batch, device, progress)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), clipped."""
+    pixels = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 32) -> Path:
+    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest) to at least min_size."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
+    pixels = to_uint8(images)
+    n, h, w, c = pixels.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows, pad = math.ceil(n / nrow), 1
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        r, col = divmod(i, nrow)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
+    scale = max(1, math.ceil(min_size / max(h, w)))
+    picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+def save_npz(images: torch.Tensor, path: str | Path) -> Path:
+    """`images`: uint8 (N, H, W[, C]) readable by gddim.data.load_images; `x`: the raw float32 samples."""
+    pixels = to_uint8(images)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
+                        x=images.detach().cpu().float().numpy())
+    return path
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------
+
+def real_reference(checkpoint: Checkpoint) -> torch.Tensor:
+    """The training images the checkpoint's data record names."""
+    data = checkpoint.meta.get("data", {})
+    if "source" not in data:
+        raise ValueError(f"{checkpoint.path} does not record its data source; pass the real images explicitly")
+    return load_images(data["source"], "train", data.get("image_size"))
+
+
+def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
+             seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
+             feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
+             grid_nfes=None) -> dict:
+    """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
+
+    Default metric: the data set's classifier features, n samples against n real training images.
+    With inception (a local weights file of torch-fidelity's Inception) it is standard FID of n samples
+    against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
+    Writes (if out_dir is given) metrics.json, quality_vs_nfe.png and under grids/ a grid of 64 samples per
+    record (only at the NFEs in grid_nfes when given).
+    """
+    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
+    process, model = checkpoint.process(), checkpoint.network("ema", device)
+    samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
+    real = real_reference(checkpoint) if real is None else real
+    if inception is not None:
+        if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
+            raise FileNotFoundError(f"Inception weights {inception} do not exist")
+        n = len(real) if n is None else n
+        reference, floor = real, None
+        score = lambda fake: inception_fid(reference, fake, inception, device=device or "cpu")
+    else:
+        feature_net = feature_net or load_feature_net(checkpoint.meta.get("data", {}).get("source"), model.image_size)
+        n = min(1000, len(real) // 2) if n is None else n
+        if not 2 <= n <= len(real) // 2:
+            raise ValueError(f"n must lie in [2, {len(real) // 2}] for {len(real)} real images (the floor needs 2n), "
+                             f"got {n}")
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(real)))
+        reference = real[perm[:n]]
+        # the same split as metrics.real_floor(real, feature_net, n, seed): the floor is exactly comparable
+        floor = frechet_distance(reference, real[perm[n:2 * n]], feature_net)
+        score = lambda fake: frechet_distance(reference, fake, feature_net)
+    records = []
+    for sampler in samplers:
+        for nfe in nfes:
+            began = time.perf_counter()
+            fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch)
+            record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": int(nfe),
+                      "fd": score(fake), "floor": floor, "seconds": time.perf_counter() - began}
+            records.append(record)
+            if progress:
+                print(f"  {process.name} {sampler.label:<22} NFE {nfe:>4}: FD {record['fd']:.4g}"
+                      + ("" if floor is None else f" (floor {floor:.3g})"))
+            if out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
+                save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
+    result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
+              "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
+              "seed": seed, "floor": floor, "records": records}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot_quality(result, out / "quality_vs_nfe.png")
+    return result
+
+
+def plot_quality(result: dict, path: str | Path, title: str | None = None, max_ratio: float = 30.0) -> Path:
+    """Fréchet distance vs NFE, one line per sampler (gDDIM solid, baselines dashed), the real floor dotted.
+
+    The y axis stops at max_ratio x the best score so that diverging samplers do not squash the rest.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    records = result["records"]
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    colors = colormaps["tab20"].colors
+    for i, label in enumerate(labels):
+        rows = sorted((r["nfe"], r["fd"]) for r in records if r["label"] == label)
+        ax.plot(*zip(*rows), marker="o", markersize=3, label=label, color=colors[(2 * i) % 20 + (2 * i) // 20],
+                linestyle="-" if label.startswith("gddim") else "--")
+    if result["floor"] is not None:
+        ax.axhline(result["floor"], color="gray", linestyle=":", label="real vs real")
+    best = min(r["fd"] for r in records)
+    bottom = min(best, result["floor"] or best) / 1.5
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylim=(bottom, max(r["fd"] for r in records) * 1.5),
+           ylabel="FID (Inception)" if result.get("metric") == "inception" else "Fréchet distance (classifier features)",
+           title=title or f"{result['process']['process'].upper()} on {(result.get('data') or {}).get('source', 'data')}"
+                          f", step {result['step']}, n={result['n']}")
+    ax.set_ylim(top=min(ax.get_ylim()[1], best * max_ratio))
+    ax.set_xticks(sorted({r["nfe"] for r in records}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=7, ncols=2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+# ---- the quickstart ----------------------------------------------------------------------------------------
+
+QUICKSTART_SAMPLERS = ("gddim:q=2", "em")
+QUICKSTART_NFES = (10, 50)
+
+
+def quickstart(out_dir: str | Path, steps: int = 1000, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
+    """Train a tiny CLD model on digits, sample it with gDDIM (q=2) and Euler-Maruyama at NFE 10 and 50, and
+    write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's main job)."""
+    from .networks import preset
+    from .processes import CLD
+    from .training import TrainConfig, train
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()) and not (out / "run").is_dir():
+        raise FileExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
+    images = load_images("digits")
+    config = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=min(100, steps), ema_decay=0.999, seed=seed,
+                         ckpt_every=max(1, min(500, steps)), sample_every=0, sample_nfe=20)
+    result = train(CLD(), images, out / "run", preset("tiny"), config, {"source": "digits", "image_size": 8},
+                   progress=progress)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return evaluate(out / "run", list(QUICKSTART_SAMPLERS), list(QUICKSTART_NFES), n=n, seed=seed, out_dir=out,
+                    progress=progress)
