@@ -244,6 +244,15 @@ def test_unet_folder_as_eps_model(pipeline_folder):
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
 
 
+def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):
+    from gddim.cli import main
+
+    assert main(["sample", str(pipeline_folder), "--nfe", "4", "--order", "1", "--n", "3", "--out", str(tmp_path / "s")]) == 0
+    images = np.load(tmp_path / "s.npz")
+    array = images[images.files[0]]
+    assert array.shape[0] == 3 and (tmp_path / "s.png").stat().st_size > 0
+
+
 def test_unet_folder_converts_v_prediction(pipeline_folder, tmp_path):
     config = json.loads((pipeline_folder / "scheduler" / "scheduler_config.json").read_text())
     model = load_unet_eps(pipeline_folder / "unet", schedule={**config, "prediction_type": "v_prediction"})

@@ -141,7 +141,7 @@ def _sampler_options(p) -> None:
 
 def _sample_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample a checkpoint: PNG grid and .npz")
-    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("checkpoint", help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     _sampler_options(p)
     p.add_argument("--nfe", type=int, default=50)
     p.add_argument("--n", type=int, default=64, help="number of samples")
@@ -153,10 +153,16 @@ def _sample_parser(subparsers) -> None:
 
 
 def _run_sample(args) -> int:
-    from ..evaluation import sample_from_checkpoint, save_grid, save_npz
+    from ..diffusers import is_diffusers_folder, load_unet_eps
+    from ..evaluation import sample_from_checkpoint, sample_images, save_grid, save_npz
 
-    images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam, args.param,
-                                    args.seed, args.batch, args.device)
+    if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
+        model = load_unet_eps(args.checkpoint, device=args.device)
+        images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
+                               args.seed, args.batch, args.device)
+    else:
+        images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
+                                        args.param, args.seed, args.batch, args.device)
     prefix = Path(args.out)
     grid = save_grid(images[:256], prefix.with_name(prefix.name + ".png"))
     npz = save_npz(images, prefix.with_name(prefix.name + ".npz"))
