@@ -171,7 +171,9 @@ def test_crash_while_writing_keeps_the_old_checkpoint(tmp_path, digits, monkeypa
     ckpt = load_checkpoint(run)
     assert ckpt.step == 3 and all(torch.equal(before[k], ckpt.tensors[k]) for k in before)
     assert not (run / "checkpoints" / "step_00000006").exists()
+    assert [p.name for p in (run / "checkpoints").glob(".step_00000006.tmp-*")]  # the half-written folder
     assert train(gddim.VP(), digits, run, MICRO, quick(steps=6), DIGITS, progress=False).step == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["LATEST", "step_00000006"]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, digits, monkeypatch):

@@ -192,7 +192,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: Aver
         _fsync_folder(tmp)
         os.replace(tmp, final)
     _atomic_write_text(root / LATEST, name + "\n")
-    for old in root.glob("step_*"):
+    for old in [*root.glob("step_*"), *root.glob(".step_*.tmp-*")]:  # older checkpoints, leftovers of crashed writes
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
