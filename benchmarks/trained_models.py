@@ -1,0 +1,282 @@
+"""Trained-model benchmark (BENCHMARKS.md §2): VP, CLD and BDM trained alike on one data set, then every
+sampler swept over NFE; quality is the Fréchet distance on the data set's classifier features.
+
+    python benchmarks/trained_models.py --dataset digits                 # train (or resume) + sweep
+    python benchmarks/trained_models.py --dataset fashion-mnist --image-size 16 --preset small
+    python benchmarks/trained_models.py --throughput                     # images/s: 1 process vs 2 (gloo)
+
+Writes into benchmarks/trained_<dataset>/: runs/<process>/ (checkpoints), <process>/metrics.json,
+<process>/quality_vs_nfe.png, <process>/grids/, results.json (every record, machine, timings) and
+summary.json (the numbers the paper's claims are about). A finished run is reused, an interrupted one resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gddim.cli.train import make_process
+from gddim.data import load_images
+from gddim.evaluation import evaluate, plot_quality
+from gddim.networks import preset
+from gddim.training import TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+NFES = (5, 10, 20, 50, 100, 200)
+LONG_NFES = (500, 1000)
+
+
+def samplers_for(process: str) -> tuple[list[str], list[str]]:
+    """(every sampler, swept over NFES; the baselines, also run at LONG_NFES) for one process."""
+    every = [f"gddim:q={q}" if q else "gddim" for q in range(4)] + ["gddim:lam=0.5", "euler", "em"]
+    if process == "cld":  # R and L differ only for CLD (VP and BDM have R = L); SSCS is CLD's own sampler
+        every += ["gddim:param=L", "gddim:q=2:param=L", "gddim:lam=1", "sscs"]
+        return every, ["em", "sscs"]
+    return every + ["ancestral"], ["em", "ancestral"]  # the ancestral step is stochastic gDDIM at λ = 1
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
+    run = out / "runs" / process_name
+    config = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.999,
+                         seed=args.seed, ckpt_every=500, sample_every=0)
+    began = time.perf_counter()
+    result = train(make_process(process_name, images.shape[-1]), images, run, preset(args.preset), config,
+                   {"source": args.dataset, "image_size": args.image_size}, progress=not args.quiet)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
+            "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run)}
+
+
+def _tail_loss(run: Path) -> float:
+    rows = (run / "loss.csv").read_text().splitlines()[1:]
+    tail = [float(r.split(",")[1]) for r in rows[-100:]]
+    return sum(tail) / len(tail)
+
+
+def sweep(process_name: str, args, out: Path) -> dict:
+    began = time.perf_counter()
+    every, baselines = samplers_for(process_name)
+    run, folder = out / "runs" / process_name, out / process_name
+    common = {"n": args.n, "seed": args.seed, "progress": not args.quiet}
+    short = evaluate(run, every, list(NFES), out_dir=folder, grid_nfes=(10, 50), **common)
+    # same folder: the merged metrics.json and plot written below replace what each call wrote
+    long = evaluate(run, baselines, list(LONG_NFES), out_dir=folder, grid_nfes=(1000,), **common)
+    merged = {**short, "records": short["records"] + long["records"], "seconds": time.perf_counter() - began}
+    (folder / "metrics.json").write_text(json.dumps(merged, indent=2))
+    plot_quality(merged, folder / "quality_vs_nfe.png")
+    return merged
+
+
+# (sampler, NFEs) behind each claim, re-measured with more samples over several seeds
+CLAIMS = {
+    "cld": [("gddim:q=2", (10, 20, 50, 100, 200)), ("em", (50, 100, 200, 1000)), ("gddim", (10, 20, 50)),
+            ("gddim:param=L", (10, 20, 50)), ("gddim:q=2:param=L", (10, 20, 50)), ("gddim:lam=0.5", (10, 20)),
+            ("gddim:lam=1", (10, 20))],
+    "bdm": [("gddim", (10, 20, 50, 100)), ("gddim:q=2", (10, 20, 50, 100)), ("gddim:lam=0.5", (10, 20)),
+            ("ancestral", (10, 20, 50, 100, 200, 500, 1000))],
+    "vp": [("gddim", (10, 20)), ("gddim:q=2", (10, 20)), ("gddim:lam=0.5", (10, 20)), ("ancestral", (10, 20))],
+}
+SLACK = 0.05  # "reaches a target" = mean FD within 5% of it
+
+
+def claims(process_name: str, args, out: Path) -> dict:
+    """Mean and spread over seeds (each seed: other samples and another real reference subset) of CLAIMS."""
+    import statistics
+
+    began, runs = time.perf_counter(), []
+    for seed in range(args.claims_seeds):
+        for spec, nfes in CLAIMS[process_name]:
+            runs += evaluate(out / "runs" / process_name, [spec], list(nfes), n=args.claims_n, seed=seed)["records"]
+    table = {}
+    for r in runs:  # seeds in order, so that fd_per_seed lists pair up across samplers
+        table.setdefault((r["label"], r["nfe"]), []).append((r["fd"], r["floor"]))
+    rows = [{"label": label, "nfe": nfe, "fd_mean": statistics.mean(v[0] for v in values),
+             "fd_std": statistics.stdev(v[0] for v in values) if len(values) > 1 else None,
+             "floor_mean": statistics.mean(v[1] for v in values), "fd_per_seed": [v[0] for v in values]}
+            for (label, nfe), values in table.items()]
+    result = {"process": process_name, "n": args.claims_n, "seeds": args.claims_seeds, "rows": rows,
+              "seconds": time.perf_counter() - began}
+    (out / process_name / "claims.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def fd(rows: list[dict], label: str, nfe: int) -> float | None:
+    return next((r["fd_mean"] for r in rows if r["label"] == label and r["nfe"] == nfe), None)
+
+
+def paired(rows: list[dict], a: str, b: str, nfe: int) -> dict | None:
+    """FD(a) - FD(b) at one NFE, seed by seed (same starting noise and real subset): mean, std, per seed."""
+    import statistics
+
+    fa = next((r["fd_per_seed"] for r in rows if r["label"] == a and r["nfe"] == nfe), None)
+    fb = next((r["fd_per_seed"] for r in rows if r["label"] == b and r["nfe"] == nfe), None)
+    if fa is None or fb is None:
+        return None
+    diff = [x - y for x, y in zip(fa, fb)]
+    return {"mean": statistics.mean(diff), "std": statistics.stdev(diff) if len(diff) > 1 else None, "per_seed": diff}
+
+
+def nfe_to_reach(rows: list[dict], label: str, target: float) -> int | None:
+    """The smallest measured NFE whose mean FD is within SLACK of target."""
+    hits = sorted(r["nfe"] for r in rows if r["label"] == label and r["fd_mean"] <= target * (1 + SLACK))
+    return hits[0] if hits else None
+
+
+def summarize(results: dict[str, dict]) -> dict:
+    """The paper's claims in miniature, from the claims runs (None where a sampler never reached the target)."""
+    out = {"slack": SLACK}
+    if "cld" in results:
+        r = results["cld"]["rows"]
+        target = fd(r, "em", 1000)
+        out["cld"] = {"em_1000_fd": target, "gddim_q2_nfe_matching_em_1000": nfe_to_reach(r, "gddim:q=2", target),
+                      "em_nfe_matching_em_1000": nfe_to_reach(r, "em", target),
+                      "gddim_q2_fd": {nfe: fd(r, "gddim:q=2", nfe) for nfe in (10, 20, 50, 100, 200)},
+                      "R_vs_L": {nfe: {"q=0 R": fd(r, "gddim", nfe), "q=0 L": fd(r, "gddim:param=L", nfe),
+                                       "q=2 R": fd(r, "gddim:q=2", nfe), "q=2 L": fd(r, "gddim:q=2:param=L", nfe),
+                                       "q=2 L minus R (paired)": paired(r, "gddim:q=2:param=L", "gddim:q=2", nfe)}
+                                 for nfe in (10, 20, 50)}}
+    if "bdm" in results:
+        r = results["bdm"]["rows"]
+        target = fd(r, "ancestral", 1000)
+        gddim_nfe = {label: nfe_to_reach(r, label, target) for label in ("gddim", "gddim:q=2")}
+        reached = [n for n in gddim_nfe.values() if n is not None]
+        ancestral_nfe = nfe_to_reach(r, "ancestral", target)
+        out["bdm"] = {"ancestral_1000_fd": target, "gddim_nfe_matching_ancestral_1000": gddim_nfe,
+                      "ancestral_nfe_matching_ancestral_1000": ancestral_nfe,
+                      "acceleration_vs_1000": 1000 / min(reached) if reached else None,
+                      "acceleration_vs_ancestral_nfe": ancestral_nfe / min(reached) if reached and ancestral_nfe else None}
+    lam1 = lambda name: "gddim:lam=1" if name == "cld" else "ancestral"
+    out["lambda_at_small_nfe"] = {
+        name: {nfe: {"lam=0 (q=0)": fd(res["rows"], "gddim", nfe), "lam=0.5": fd(res["rows"], "gddim:lam=0.5", nfe),
+                     "lam=1": fd(res["rows"], lam1(name), nfe), "lam=0 q=2": fd(res["rows"], "gddim:q=2", nfe),
+                     "lam=0.5 minus lam=0 (paired)": paired(res["rows"], "gddim:lam=0.5", "gddim", nfe),
+                     "lam=1 minus lam=0 (paired)": paired(res["rows"], lam1(name), "gddim", nfe)}
+               for nfe in (10, 20)}
+        for name, res in results.items()}
+    return out
+
+
+# ---- throughput --------------------------------------------------------------------------------------------
+
+def throughput_worker(args) -> None:
+    """One training run of args.steps steps; rank 0 writes steady-state images/s (steps after the 10th)."""
+    images = load_images(args.dataset, "train", args.image_size)
+    marks = {}
+
+    def clock(step, loss):
+        if step in (10, args.steps):
+            marks[step] = time.perf_counter()
+
+    out = Path(args.worker_out)
+    result = train(make_process("cld", images.shape[-1]), images, out / "run", preset(args.preset),
+                   TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, ckpt_every=10**9),
+                   {"source": args.dataset, "image_size": args.image_size}, callback=clock, progress=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        rate = (args.steps - 10) * args.batch * world / (marks[args.steps] - marks[10])
+        (out / "rate.json").write_text(json.dumps({"world_size": world, "threads_per_process": torch.get_num_threads(),
+                                                   "images_per_second": rate, "global_batch": args.batch * world,
+                                                   "total_images_per_second": result.images_per_second}))
+
+
+def throughput(args, out: Path, repeats: int = 3) -> dict:
+    """1 process (2 threads, 1 thread) and torchrun --nproc_per_node=2 (gloo, 1 thread each), interleaved
+    `repeats` times so that the machine's load hits every setting alike; medians and their ratios."""
+    import statistics
+    import tempfile
+
+    script = str(Path(__file__).resolve())
+    common = ["--dataset", args.dataset, "--preset", args.preset, "--batch", str(args.batch), "--steps",
+              str(args.steps)] + (["--image-size", str(args.image_size)] if args.image_size else [])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script]
+    runs = {"1 process, 2 threads": ([sys.executable, script], "2"),
+            "1 process, 1 thread": ([sys.executable, script], "1"),
+            "2 processes (torchrun, gloo), 1 thread each": (torchrun, "1")}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (launcher, threads) in runs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {**os.environ, "OMP_NUM_THREADS": threads}
+                subprocess.run(launcher + common + ["--worker-out", tmp], check=True, env=env)
+                rates[name].append(json.loads((Path(tmp) / "rate.json").read_text())["images_per_second"])
+            print(f"{name}: {rates[name][-1]:.0f} images/s")
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    two = median["2 processes (torchrun, gloo), 1 thread each"]
+    report = {"machine": machine(), "network": args.preset, "dataset": args.dataset, "batch_per_process": args.batch,
+              "steps": args.steps, "images_per_second_median": median, "images_per_second_runs": rates,
+              "ratio_2proc_over_1proc_1thread": two / median["1 process, 1 thread"],
+              "ratio_2proc_over_1proc_2threads": two / median["1 process, 2 threads"],
+              "command": "python benchmarks/trained_models.py --throughput"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--processes", default="vp,cld,bdm")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n", type=int, default=250, help="samples per Fréchet distance in the sweep")
+    p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")
+    p.add_argument("--claims-seeds", type=int, default=3)
+    p.add_argument("--stages", default="train,sweep,claims", help="which of train,sweep,claims to run "
+                   "(a trained run is reused)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="default benchmarks/trained_<dataset>")
+    p.add_argument("--throughput", action="store_true", help="measure training images/s, 1 vs 2 processes")
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    if args.worker_out:
+        return throughput_worker(args)
+    out = Path(args.out) if args.out else HERE / f"trained_{args.dataset}"
+    if args.throughput:
+        args.steps = min(args.steps, 60)
+        throughput(args, out)
+        return
+    stages = set(args.stages.split(","))
+    images = load_images(args.dataset, "train", args.image_size)
+    report_path = out / "results.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report.update({"machine": machine(), "dataset": args.dataset, "image_size": images.shape[-1], "preset": args.preset,
+                   "steps": args.steps, "n": args.n, "claims_n": args.claims_n, "claims_seeds": args.claims_seeds})
+    report.setdefault("commands", []).append(" ".join(["python"] + sys.argv))
+    for key in ("training", "sweeps", "claims"):
+        report.setdefault(key, {})
+    for name in args.processes.split(","):
+        if "train" in stages:
+            report["training"][name] = train_one(name, images, args, out)
+        if "sweep" in stages:
+            report["sweeps"][name] = sweep(name, args, out)
+        if "claims" in stages:
+            report["claims"][name] = claims(name, args, out)
+        report_path.write_text(json.dumps(report, indent=2))
+    if report["claims"]:
+        report["summary"] = summarize(report["claims"])
+        report_path.write_text(json.dumps(report, indent=2))
+        (out / "summary.json").write_text(json.dumps(report["summary"], indent=2))
+        print(json.dumps(report["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
