@@ -245,7 +245,7 @@ QUICKSTART_SAMPLERS = ("gddim:q=2", "em")
 QUICKSTART_NFES = (10, 50)
 
 
-def quickstart(out_dir: str | Path, steps: int = 1000, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
+def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
     """Train a tiny CLD model on digits, sample it with gDDIM (q=2) and Euler-Maruyama at NFE 10 and 50, and
     write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's main job)."""
     from .networks import preset

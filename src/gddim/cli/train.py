@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="train a small CLD model on digits, sample it with gDDIM and "
                               "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
     p.add_argument("--out", required=True, help="output folder (new, or a quickstart folder to finish)")
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
     p.add_argument("--n", type=int, default=500, help="samples per Fréchet distance (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_reported(_run_quickstart))
