@@ -1,13 +1,15 @@
 """Trained-model benchmark (BENCHMARKS.md §2): VP, CLD and BDM trained alike on one data set, then every
 sampler swept over NFE; quality is the Fréchet distance on the data set's classifier features.
 
-    python benchmarks/trained_models.py --dataset digits                 # train (or resume) + sweep
-    python benchmarks/trained_models.py --dataset fashion-mnist --image-size 16 --preset small
+    python benchmarks/trained_models.py --dataset digits                 # train (or resume) + sweep + claims
+    python benchmarks/trained_models.py --dataset fashion-mnist --image-size 16 --preset small --device cuda
     python benchmarks/trained_models.py --throughput                     # images/s: 1 process vs 2 (gloo)
 
-Writes into benchmarks/trained_<dataset>/: runs/<process>/ (checkpoints), <process>/metrics.json,
-<process>/quality_vs_nfe.png, <process>/grids/, results.json (every record, machine, timings) and
+Writes into benchmarks/trained_<dataset>/: runs/<process>/ (checkpoints), per process <process>/training.json,
+metrics.json, quality_vs_nfe.png, grids/ and claims.json, and from those results.json (every record) and
 summary.json (the numbers the paper's claims are about). A finished run is reused, an interrupted one resumed.
+Each process only writes its own folder, so one invocation per process (--processes cld) may run at the same
+time, e.g. on one GPU; `--stages report` then rebuilds results.json and summary.json from what is there.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import torch
 
 from gddim.cli.train import make_process
 from gddim.data import load_images
-from gddim.evaluation import evaluate, plot_quality
+from gddim.evaluation import Sampler, evaluate, plot_quality
 from gddim.networks import preset
-from gddim.training import TrainConfig, train
+from gddim.training import TrainConfig, load_checkpoint, train
 
 HERE = Path(__file__).resolve().parent
 NFES = (5, 10, 20, 50, 100, 200)
@@ -51,15 +53,24 @@ def machine() -> dict:
 
 def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     run = out / "runs" / process_name
-    config = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.999,
+    config = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=args.ema,
                          seed=args.seed, ckpt_every=500, sample_every=0)
     began = time.perf_counter()
     result = train(make_process(process_name, images.shape[-1]), images, run, preset(args.preset), config,
-                   {"source": args.dataset, "image_size": args.image_size}, progress=not args.quiet)
+                   {"source": args.dataset, "image_size": args.image_size}, progress=not args.quiet,
+                   device=args.device)
     if result.interrupted:
         raise KeyboardInterrupt
-    return {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
-            "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run)}
+    record = {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
+              "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run),
+              "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset, "machine": machine()}
+    _write(out / process_name / "training.json", record)
+    return record
+
+
+def _write(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
 
 
 def _tail_loss(run: Path) -> float:
@@ -68,18 +79,35 @@ def _tail_loss(run: Path) -> float:
     return sum(tail) / len(tail)
 
 
-def sweep(process_name: str, args, out: Path) -> dict:
+def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
+    """Every sampler over NFES (baselines also over LONG_NFES); metrics.json and the plot grow sampler by sampler,
+    so an interrupted sweep keeps what it measured."""
     began = time.perf_counter()
     every, baselines = samplers_for(process_name)
-    run, folder = out / "runs" / process_name, out / process_name
-    common = {"n": args.n, "seed": args.seed, "progress": not args.quiet}
-    short = evaluate(run, every, list(NFES), out_dir=folder, grid_nfes=(10, 50), **common)
-    # same folder: the merged metrics.json and plot written below replace what each call wrote
-    long = evaluate(run, baselines, list(LONG_NFES), out_dir=folder, grid_nfes=(1000,), **common)
-    merged = {**short, "records": short["records"] + long["records"], "seconds": time.perf_counter() - began}
-    (folder / "metrics.json").write_text(json.dumps(merged, indent=2))
-    plot_quality(merged, folder / "quality_vs_nfe.png")
+    checkpoint, folder = load_checkpoint(out / "runs" / process_name), out / process_name
+    common = {"n": args.n, "seed": args.seed, "progress": not args.quiet, "device": args.device,
+              "batch": args.eval_batch, "real": images, "out_dir": folder}
+    jobs = [(spec, NFES, (10, 50)) for spec in every] + [(spec, LONG_NFES, (1000,)) for spec in baselines]
+    merged = _resumable(folder / "metrics.json", checkpoint.step, args)
+    done = {(r["label"], r["nfe"]) for r in merged["records"]} if merged else set()
+    for spec, nfes, grid_nfes in jobs:
+        if all((Sampler.parse(spec).label, nfe) in done for nfe in nfes):
+            continue
+        part = evaluate(checkpoint, [spec], list(nfes), grid_nfes=grid_nfes, **common)
+        records = (merged["records"] if merged else []) + part["records"]
+        # same folder: the merged metrics.json and plot replace what each call wrote
+        merged = {**part, "records": records, "seconds": time.perf_counter() - began, "machine": machine()}
+        _write(folder / "metrics.json", merged)
+        plot_quality(merged, folder / "quality_vs_nfe.png")
     return merged
+
+
+def _resumable(path: Path, step: int, args) -> dict | None:
+    """The metrics of an interrupted sweep of the same checkpoint step, sample count and seed, if any."""
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    return old if (old["step"], old["n"], old["seed"]) == (step, args.n, args.seed) else None
 
 
 # (sampler, NFEs) behind each claim, re-measured with more samples over several seeds
@@ -94,25 +122,31 @@ CLAIMS = {
 SLACK = 0.05  # "reaches a target" = mean FD within 5% of it
 
 
-def claims(process_name: str, args, out: Path) -> dict:
-    """Mean and spread over seeds (each seed: other samples and another real reference subset) of CLAIMS."""
-    import statistics
-
+def claims(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
+    """Mean and spread over seeds (each seed: other samples and another real reference subset) of CLAIMS;
+    claims.json is rewritten after every finished seed."""
     began, runs = time.perf_counter(), []
+    checkpoint = load_checkpoint(out / "runs" / process_name)
     for seed in range(args.claims_seeds):
         for spec, nfes in CLAIMS[process_name]:
-            runs += evaluate(out / "runs" / process_name, [spec], list(nfes), n=args.claims_n, seed=seed)["records"]
+            runs += evaluate(checkpoint, [spec], list(nfes), n=args.claims_n, seed=seed, device=args.device,
+                             batch=args.eval_batch, real=images)["records"]
+        result = {"process": process_name, "n": args.claims_n, "seeds": seed + 1, "rows": _claims_rows(runs),
+                  "seconds": time.perf_counter() - began, "machine": machine()}
+        _write(out / process_name / "claims.json", result)
+    return result
+
+
+def _claims_rows(runs: list[dict]) -> list[dict]:
+    import statistics
+
     table = {}
     for r in runs:  # seeds in order, so that fd_per_seed lists pair up across samplers
         table.setdefault((r["label"], r["nfe"]), []).append((r["fd"], r["floor"]))
-    rows = [{"label": label, "nfe": nfe, "fd_mean": statistics.mean(v[0] for v in values),
+    return [{"label": label, "nfe": nfe, "fd_mean": statistics.mean(v[0] for v in values),
              "fd_std": statistics.stdev(v[0] for v in values) if len(values) > 1 else None,
              "floor_mean": statistics.mean(v[1] for v in values), "fd_per_seed": [v[0] for v in values]}
             for (label, nfe), values in table.items()]
-    result = {"process": process_name, "n": args.claims_n, "seeds": args.claims_seeds, "rows": rows,
-              "seconds": time.perf_counter() - began}
-    (out / process_name / "claims.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def fd(rows: list[dict], label: str, nfe: int) -> float | None:
@@ -236,17 +270,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--n", type=int, default=250, help="samples per Fréchet distance in the sweep")
     p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")
     p.add_argument("--claims-seeds", type=int, default=3)
-    p.add_argument("--stages", default="train,sweep,claims", help="which of train,sweep,claims to run "
-                   "(a trained run is reused)")
+    p.add_argument("--eval-batch", type=int, default=500, help="samples drawn per batch when evaluating")
+    p.add_argument("--stages", default="train,sweep,claims", help="which of train,sweep,claims to run (a trained "
+                   "run is reused); results.json and summary.json are rebuilt after every invocation, alone with 'report'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="default benchmarks/trained_<dataset>")
     p.add_argument("--throughput", action="store_true", help="measure training images/s, 1 vs 2 processes")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.worker_out:
         return throughput_worker(args)
     out = Path(args.out) if args.out else HERE / f"trained_{args.dataset}"
@@ -255,27 +293,38 @@ def main() -> None:
         throughput(args, out)
         return
     stages = set(args.stages.split(","))
-    images = load_images(args.dataset, "train", args.image_size)
-    report_path = out / "results.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.update({"machine": machine(), "dataset": args.dataset, "image_size": images.shape[-1], "preset": args.preset,
-                   "steps": args.steps, "n": args.n, "claims_n": args.claims_n, "claims_seeds": args.claims_seeds})
-    report.setdefault("commands", []).append(" ".join(["python"] + sys.argv))
-    for key in ("training", "sweeps", "claims"):
-        report.setdefault(key, {})
-    for name in args.processes.split(","):
-        if "train" in stages:
-            report["training"][name] = train_one(name, images, args, out)
-        if "sweep" in stages:
-            report["sweeps"][name] = sweep(name, args, out)
-        if "claims" in stages:
-            report["claims"][name] = claims(name, args, out)
-        report_path.write_text(json.dumps(report, indent=2))
-    if report["claims"]:
-        report["summary"] = summarize(report["claims"])
-        report_path.write_text(json.dumps(report, indent=2))
-        (out / "summary.json").write_text(json.dumps(report["summary"], indent=2))
-        print(json.dumps(report["summary"], indent=2))
+    unknown = stages - {"train", "sweep", "claims", "report"}
+    if unknown:
+        p.error(f"unknown stages {sorted(unknown)}; choose from train,sweep,claims,report")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "commands.txt", "a") as log:
+        log.write(" ".join(["python"] + sys.argv) + "\n")
+    if stages - {"report"}:
+        images = load_images(args.dataset, "train", args.image_size)
+        for name in args.processes.split(","):
+            if "train" in stages:
+                train_one(name, images, args, out)
+            if "sweep" in stages:
+                sweep(name, images, args, out)
+            if "claims" in stages:
+                claims(name, images, args, out)
+    summary = report(out, args.dataset)
+    if summary:
+        print(json.dumps(summary, indent=2))
+
+
+def report(out: Path, dataset: str) -> dict | None:
+    """results.json from every process folder's training/metrics/claims files; summary.json from the claims."""
+    parts = {"training": "training.json", "sweeps": "metrics.json", "claims": "claims.json"}
+    results = {"dataset": dataset, "commands": (out / "commands.txt").read_text().splitlines()}
+    for key, file in parts.items():
+        results[key] = {name: json.loads((out / name / file).read_text())
+                        for name in ("vp", "cld", "bdm") if (out / name / file).exists()}
+    results["summary"] = summarize(results["claims"]) if results["claims"] else None
+    _write(out / "results.json", results)
+    if results["summary"]:
+        _write(out / "summary.json", results["summary"])
+    return results["summary"]
 
 
 if __name__ == "__main__":

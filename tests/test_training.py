@@ -26,15 +26,7 @@ MICRO = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_bl
                       norm_groups=8, dropout=0.1, gaussian_skip=0.5)
 PLAIN = NetworkConfig(**{**MICRO.to_dict(), "gaussian_skip": None})
 DIGITS = {"source": "digits", "image_size": None}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and a shared CI machine does not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
