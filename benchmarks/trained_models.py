@@ -328,4 +328,7 @@ def report(out: Path, dataset: str) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # training kept its checkpoint, sweeps and claims their finished parts
+        sys.exit("interrupted: run the same command again to resume")
