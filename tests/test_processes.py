@@ -368,3 +368,21 @@ def test_perturb_covariance_is_sigma(name, t):
         pixel_cov = pixels.T @ pixels / n_images
         expected = np.eye(pixels.shape[1]) * sigma[0, 0, 0]
         assert np.all(np.abs(pixel_cov - expected) < ref.cov_tolerance(expected, n_images))
+
+
+@pytest.mark.parametrize("process", [gddim.VP(), gddim.VP(schedule="cosine", t_end=2e-3), gddim.CLD(beta_0=2.0),
+                                     gddim.BDM(image_size=(4, 8)),
+                                     gddim.DiscreteVP(np.cumprod(1 - np.linspace(1e-4, 0.02, 50)))],
+                         ids=lambda p: p.name)
+def test_config_rebuilds_the_same_process(process):
+    """What a checkpoint stores (config()) rebuilds a process with the same recipe and the same Ψ and Σ."""
+    rebuilt = gddim.process_from_config(process.config())
+    assert type(rebuilt) is type(process) and rebuilt.config() == process.config()
+    t = np.array([0.05, 0.3, 0.9])
+    assert np.array_equal(rebuilt.psi(t, t / 2), process.psi(t, t / 2))
+    assert np.array_equal(rebuilt.sigma(t), process.sigma(t))
+
+
+def test_unknown_process_in_config_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown process 'ddpm' in config; known: \['bdm', 'cld', 'vp', 'vp-discrete'\]"):
+        gddim.process_from_config({"process": "ddpm"})

@@ -2,10 +2,10 @@
 
 from .exact import dirac_eps, exact_eps, gaussian_eps
 from .grids import time_grid
-from .processes import BDM, CLD, VP, LinearProcess, LinearSDE, process_from_config
+from .processes import BDM, CLD, VP, DiscreteVP, LinearProcess, LinearSDE, process_from_config
 from .sampling import SamplerError, plan, reference_ode, sample
 
 __version__ = "0.1.0"
 
-__all__ = ["VP", "CLD", "BDM", "LinearSDE", "LinearProcess", "process_from_config", "sample", "plan",
+__all__ = ["VP", "DiscreteVP", "CLD", "BDM", "LinearSDE", "LinearProcess", "process_from_config", "sample", "plan",
            "reference_ode", "time_grid", "exact_eps", "dirac_eps", "gaussian_eps", "SamplerError"]

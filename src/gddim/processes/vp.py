@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 from .base import LinearProcess, as_times
 
@@ -82,3 +83,48 @@ class VP(LinearProcess):
     def config(self):
         return {"process": "vp", "schedule": self.schedule, "beta_min": self.beta_min, "beta_max": self.beta_max,
                 "cosine_s": self.cosine_s, "t_start": self.t_start, "t_end": self.t_end}
+
+
+class DiscreteVP(VP):
+    """A VP process whose ᾱ(t) interpolates a discrete (diffusers) schedule: timestep n sits at t = (n+1)/N,
+    ᾱ(0) = 1, and log ᾱ is a monotone PCHIP interpolation between timesteps (gddim.diffusers explains why).
+
+    Sampling defaults run from t = 1 (timestep N-1) to t = 1/N (timestep 0, the least noisy trained level).
+    """
+
+    name = "vp-discrete"
+
+    def __init__(self, alphas_cumprod, t_start: float = 1.0, t_end: float | None = None):
+        # every VP attribute the methods read is set here; VP's own constructor builds continuous schedules only
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        if ac.ndim != 1 or len(ac) < 2 or not np.all((ac > 0) & (ac < 1)) or np.any(np.diff(ac) > 0):
+            raise ValueError("alphas_cumprod must be a non-increasing 1-D array of at least 2 values in (0, 1) "
+                             "(zero-terminal-SNR schedules have no finite start)")
+        self.alphas_cumprod = ac
+        self.num_train_timesteps = n = len(ac)
+        self._log_ab = PchipInterpolator(np.arange(n + 1) / n, np.concatenate([[0.0], np.log(ac)]), extrapolate=False)
+        self._d_log_ab = self._log_ab.derivative()
+        self.t_start = float(t_start)
+        self.t_end = 1.0 / n if t_end is None else float(t_end)
+
+    def _inside(self, t) -> np.ndarray:
+        t = as_times(t)
+        if np.any(t < 0) or np.any(t > 1):
+            raise ValueError(f"DiscreteVP is defined on t in [0, 1]; got times in [{t.min():.6g}, {t.max():.6g}]")
+        return t
+
+    def log_alpha_bar(self, t) -> np.ndarray:
+        return self._log_ab(self._inside(t))
+
+    def beta(self, t) -> np.ndarray:
+        return -self._d_log_ab(self._inside(t))
+
+    def time_of_timestep(self, timestep) -> np.ndarray:
+        return (np.asarray(timestep, dtype=np.float64) + 1) / self.num_train_timesteps
+
+    def __repr__(self) -> str:
+        return f"DiscreteVP(N={self.num_train_timesteps}, t_start={self.t_start}, t_end={self.t_end})"
+
+    def config(self):
+        return {"process": "vp-discrete", "alphas_cumprod": self.alphas_cumprod.tolist(),
+                "t_start": self.t_start, "t_end": self.t_end}
