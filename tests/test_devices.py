@@ -59,13 +59,25 @@ def test_stochastic_sampling_on_device_is_reproducible_per_generator(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_network_keeps_a_float32_state(device):
-    """A bf16 network answers in the state's dtype, so the sampler's state and coefficients stay float32."""
+    """A bf16 network gets float32 states and times (sample_images draws u_T in float32) and answers in float32."""
     process = gddim.CLD()
     model = EpsModel(MICRO, data_channels=1, image_size=8, k=2, process=process).to(device, torch.bfloat16).eval()
-    u_T = process.prior_sample((2, 1, 8, 8), generator=torch.Generator(device).manual_seed(0), device=device)
-    with torch.no_grad():
-        x = gddim.sample(process, model, u_T, nfe=6, order=2)
-    assert x.dtype == torch.float32 and x.device.type == device and torch.isfinite(x).all()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((args[0].dtype, args[1].dtype)))
+    x = sample_images(process, model, n=2, nfe=6, order=2)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reference_ode_takes_states_on_the_device(device):
+    process, eps_fn, u_T = dirac("cld")
+    on_device = gddim.reference_ode(process, lambda u, t: eps_fn(u, t).to(u.device), u_T.to(device), rtol=1e-8,
+                                    atol=1e-8)
+    assert on_device.device.type == device
+    # the ODE runs on the host either way; only CLD's final denoising step runs on the device (float64)
+    assert torch.allclose(on_device.cpu(), gddim.reference_ode(process, eps_fn, u_T, rtol=1e-8, atol=1e-8),
+                          rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -200,7 +200,8 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         return (sample - a * model_output) / s
 
     def _per_sample(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = self.alphas_cumprod.to(device=like.device)[timesteps.to(like.device)].to(like.dtype)
+        # index the float64 table on the host: some devices (MPS) hold no float64
+        ab = self.alphas_cumprod[timesteps.cpu()].to(device=like.device, dtype=like.dtype)
         ab = ab.reshape(-1, *[1] * (like.ndim - 1))
         return ab.sqrt(), (1 - ab).sqrt()
 
@@ -277,7 +278,8 @@ class UNetEps(torch.nn.Module):
     @torch.no_grad()
     def forward(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         unet = self.unet
-        out = unet(u.to(unet.dtype), self.timesteps(t).to(device=u.device, dtype=unet.dtype)).sample.to(u.dtype)
+        # fractional timesteps in float32 (fp16 has a spacing of 0.5 around 600)
+        out = unet(u.to(unet.dtype), self.timesteps(t).to(device=u.device, dtype=torch.float32)).sample.to(u.dtype)
         out = out[:, : u.shape[1]]  # learned-variance models append the variance channels
         ab = torch.from_numpy(np.exp(self.process.log_alpha_bar(t.detach().double().cpu().numpy())))
         ab = ab.to(device=u.device, dtype=u.dtype).reshape(-1, 1, 1, 1)

@@ -83,7 +83,9 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
     with torch.no_grad():
         for start in range(0, n, batch):
             shape = (min(batch, n - start), model.data_channels, model.image_size, model.image_size)
-            u_T = process.prior_sample(shape, generator=generator, dtype=weight.dtype, device=device)
+            # a half-precision network still gets a float32 state: the recursion's cancellations need it
+            u_T = process.prior_sample(shape, generator=generator, dtype=torch.promote_types(weight.dtype, torch.float32),
+                                       device=device)
             out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization,
                               generator=generator, progress=progress).cpu())
     return torch.cat(out)

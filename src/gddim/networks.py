@@ -176,10 +176,8 @@ class EpsModel(nn.Module):
                              f"got {tuple(u.shape)}")
         weight = self.unet.conv_in.weight
         t = torch.as_tensor(t, device=u.device).reshape(-1).expand(u.shape[0])
-        # samplers may run in float64 (reference_ode): compute in the weights' dtype, answer in u's
-        eps = self.unet(u.to(weight.dtype), TIME_SCALE * t.to(weight.dtype), return_dict=False)[0].to(u.dtype)
+        # samplers may run in float64 (reference_ode): compute in the weights' dtype, answer in u's; the time
+        # label stays at least float32 (the UNet's sinusoidal embedding is computed in float32 anyway)
+        label = TIME_SCALE * t.to(torch.promote_types(weight.dtype, torch.float32))
+        eps = self.unet(u.to(weight.dtype), label, return_dict=False)[0].to(u.dtype)
         return eps if self.config.gaussian_skip is None else eps + self.gaussian_part(u, t)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -99,13 +99,14 @@ def _default_lam(method: str, lam: float | None) -> float:
 class _Model:
     """Calls eps_fn on basis states, checking what comes back."""
 
-    def __init__(self, process: LinearProcess, eps_fn: EpsFn, shape: torch.Size):
-        self.process, self.eps_fn, self.shape = process, eps_fn, shape
+    def __init__(self, process: LinearProcess, eps_fn: EpsFn):
+        self.process, self.eps_fn = process, eps_fn
         self.calls = 0
 
     def __call__(self, y: torch.Tensor, t: float, step: int) -> torch.Tensor:
         u = self.process.from_basis(y)
-        tt = torch.full((u.shape[0],), t, dtype=u.dtype, device=u.device)
+        # times stay float32 or wider even when the state is half precision (a bf16 time is ~2 labels off)
+        tt = torch.full((u.shape[0],), t, dtype=torch.promote_types(u.dtype, torch.float32), device=u.device)
         eps = self.eps_fn(u, tt)
         self.calls += 1
         if not isinstance(eps, torch.Tensor) or eps.shape != u.shape:
@@ -121,7 +122,7 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
     process.check_state(u, "u_T")
-    model = _Model(process, eps_fn, u.shape)
+    model = _Model(process, eps_fn)
     cast = lambda a: None if a is None else process.blocks(a, u)
     A, C, S, E = cast(rec.A), cast(rec.C), cast(rec.S), cast(rec.eps_map)
     y = process.to_basis(u)
@@ -183,7 +184,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadrat
     process.check_state(u_T, "u_T")
     n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
-    model = _Model(process, eps_fn, u_T.shape)
+    model = _Model(process, eps_fn)
     y = process.to_basis(u_T)
     for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
         t, s = ts[i], ts[i + 1]
@@ -217,9 +218,10 @@ def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_st
     t_start = process.t_start if t_start is None else t_start
     t_end = process.t_end if t_end is None else t_end
     denoise = process.denoise if denoise is None else denoise
-    u64 = u_T.detach().to(torch.float64)
-    y0 = process.to_basis(u64)
-    model = _Model(process, lambda u, t: eps_fn(u, t).to(torch.float64), u64.shape)
+    # scipy integrates on the host: the state lives on the CPU, the model sees it on u_T's device
+    device = u_T.device
+    y0 = process.to_basis(u_T.detach().to("cpu", torch.float64))
+    model = _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
 
     def rhs(t, flat):
         y = torch.from_numpy(flat).reshape(y0.shape)
@@ -230,7 +232,7 @@ def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_st
     sol = solve_ivp(rhs, (t_start, t_end), y0.ravel().numpy(), method="DOP853", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"reference ODE failed: {sol.message}")
-    u = process.from_basis(torch.from_numpy(sol.y[:, -1]).reshape(y0.shape))
+    u = process.from_basis(torch.from_numpy(sol.y[:, -1]).reshape(y0.shape)).to(device)
     if denoise:
         u = run_recursion(process, lambda v, t: eps_fn(v, t).to(torch.float64), u, coefficients.denoising_step(process, t_end))
     u = u.to(u_T.dtype)
