@@ -7,7 +7,9 @@ sampler swept over NFE; quality is the Fréchet distance on the data set's class
 
 Writes into benchmarks/trained_<dataset>/: runs/<process>/ (checkpoints), per process <process>/training.json,
 metrics.json, quality_vs_nfe.png, grids/ and claims.json, and from those results.json (every record) and
-summary.json (the numbers the paper's claims are about). A finished run is reused, an interrupted one resumed.
+summary.json (the numbers the paper's claims are about). A finished training run is reused and an interrupted
+one resumed; an interrupted sweep continues with the samplers it had not finished; claims start over (each
+finished seed is saved as it completes).
 Each process only writes its own folder, so one invocation per process (--processes cld) may run at the same
 time, e.g. on one GPU; `--stages report` then rebuilds results.json and summary.json from what is there.
 """
@@ -27,9 +29,9 @@ import torch
 
 from gddim.cli.train import make_process
 from gddim.data import load_images
-from gddim.evaluation import Sampler, evaluate, plot_quality
+from gddim.evaluation import Sampler, evaluate, save_metrics_and_plot
 from gddim.networks import preset
-from gddim.training import TrainConfig, load_checkpoint, train
+from gddim.training import TrainConfig, atomic_write_text, load_checkpoint, train
 
 HERE = Path(__file__).resolve().parent
 NFES = (5, 10, 20, 50, 100, 200)
@@ -61,16 +63,19 @@ def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
                    device=args.device)
     if result.interrupted:
         raise KeyboardInterrupt
+    path = out / process_name / "training.json"
+    if not result.losses and path.exists():  # a finished run was reused: keep the record of its training
+        return json.loads(path.read_text())
     record = {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
               "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run),
               "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset, "machine": machine()}
-    _write(out / process_name / "training.json", record)
+    _write(path, record)
     return record
 
 
 def _write(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    atomic_write_text(path, json.dumps(record, indent=2))
 
 
 def _tail_loss(run: Path) -> float:
@@ -86,7 +91,7 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     every, baselines = samplers_for(process_name)
     checkpoint, folder = load_checkpoint(out / "runs" / process_name), out / process_name
     common = {"n": args.n, "seed": args.seed, "progress": not args.quiet, "device": args.device,
-              "batch": args.eval_batch, "real": images, "out_dir": folder}
+              "batch": args.eval_batch, "real": images, "out_dir": folder, "save_metrics": False}
     jobs = [(spec, NFES, (10, 50)) for spec in every] + [(spec, LONG_NFES, (1000,)) for spec in baselines]
     merged = _resumable(folder / "metrics.json", checkpoint.step, args)
     done = {(r["label"], r["nfe"]) for r in merged["records"]} if merged else set()
@@ -95,10 +100,8 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
             continue
         part = evaluate(checkpoint, [spec], list(nfes), grid_nfes=grid_nfes, **common)
         records = (merged["records"] if merged else []) + part["records"]
-        # same folder: the merged metrics.json and plot replace what each call wrote
         merged = {**part, "records": records, "seconds": time.perf_counter() - began, "machine": machine()}
-        _write(folder / "metrics.json", merged)
-        plot_quality(merged, folder / "quality_vs_nfe.png")
+        save_metrics_and_plot(merged, folder)
     return merged
 
 
@@ -143,10 +146,14 @@ def _claims_rows(runs: list[dict]) -> list[dict]:
     table = {}
     for r in runs:  # seeds in order, so that fd_per_seed lists pair up across samplers
         table.setdefault((r["label"], r["nfe"]), []).append((r["fd"], r["floor"]))
-    return [{"label": label, "nfe": nfe, "fd_mean": statistics.mean(v[0] for v in values),
-             "fd_std": statistics.stdev(v[0] for v in values) if len(values) > 1 else None,
-             "floor_mean": statistics.mean(v[1] for v in values), "fd_per_seed": [v[0] for v in values]}
-            for (label, nfe), values in table.items()]
+    rows = []
+    for (label, nfe), values in table.items():
+        scores = [v[0] for v in values]
+        diverged = None in scores  # a sampler that diverged on any seed has no mean
+        rows.append({"label": label, "nfe": nfe, "fd_mean": None if diverged else statistics.mean(scores),
+                     "fd_std": statistics.stdev(scores) if len(scores) > 1 and not diverged else None,
+                     "floor_mean": statistics.mean(v[1] for v in values), "fd_per_seed": scores})
+    return rows
 
 
 def fd(rows: list[dict], label: str, nfe: int) -> float | None:
@@ -159,7 +166,7 @@ def paired(rows: list[dict], a: str, b: str, nfe: int) -> dict | None:
 
     fa = next((r["fd_per_seed"] for r in rows if r["label"] == a and r["nfe"] == nfe), None)
     fb = next((r["fd_per_seed"] for r in rows if r["label"] == b and r["nfe"] == nfe), None)
-    if fa is None or fb is None:
+    if fa is None or fb is None or None in fa + fb:
         return None
     diff = [x - y for x, y in zip(fa, fb)]
     return {"mean": statistics.mean(diff), "std": statistics.stdev(diff) if len(diff) > 1 else None, "per_seed": diff}
@@ -167,7 +174,10 @@ def paired(rows: list[dict], a: str, b: str, nfe: int) -> dict | None:
 
 def nfe_to_reach(rows: list[dict], label: str, target: float) -> int | None:
     """The smallest measured NFE whose mean FD is within SLACK of target."""
-    hits = sorted(r["nfe"] for r in rows if r["label"] == label and r["fd_mean"] <= target * (1 + SLACK))
+    if target is None:
+        return None
+    hits = sorted(r["nfe"] for r in rows
+                  if r["label"] == label and r["fd_mean"] is not None and r["fd_mean"] <= target * (1 + SLACK))
     return hits[0] if hits else None
 
 
@@ -219,7 +229,8 @@ def throughput_worker(args) -> None:
     out = Path(args.worker_out)
     result = train(make_process("cld", images.shape[-1]), images, out / "run", preset(args.preset),
                    TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, ckpt_every=10**9),
-                   {"source": args.dataset, "image_size": args.image_size}, callback=clock, progress=False)
+                   {"source": args.dataset, "image_size": args.image_size}, callback=clock, progress=False,
+                   device="cpu")  # the comparison is CPU threads against gloo processes, also on a GPU machine
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         rate = (args.steps - 10) * args.batch * world / (marks[args.steps] - marks[10])
@@ -290,8 +301,12 @@ def main() -> None:
     out = Path(args.out) if args.out else HERE / f"trained_{args.dataset}"
     if args.throughput:
         args.steps = min(args.steps, 60)
+        if args.steps <= 10:
+            p.error("--throughput times the steps after the 10th: give --steps above 10")
         throughput(args, out)
         return
+    if args.claims_seeds < 1 or args.n < 2 or args.claims_n < 2:
+        p.error("--claims-seeds must be >= 1 and --n, --claims-n >= 2")
     stages = set(args.stages.split(","))
     unknown = stages - {"train", "sweep", "claims", "report"}
     if unknown:

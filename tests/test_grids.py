@@ -107,6 +107,17 @@ def test_explicit_grid_must_be_strictly_decreasing(seq):
         time_grid(ref.build("vp-linear"), 1, seq)
 
 
+@pytest.mark.parametrize("seq", [[1.0, 0.5, 0.0], [1.0, 0.5, -0.1], [1.2, 0.5, 0.1]])
+def test_explicit_grid_must_lie_in_the_time_range(seq):
+    with pytest.raises(ValueError, match=r"an explicit grid must lie in \(0, 1\]"):
+        time_grid(ref.build("vp-linear"), 2, seq)
+
+
+def test_explicit_grid_refuses_end_points():
+    with pytest.raises(ValueError, match="an explicit grid sets its own end points"):
+        time_grid(ref.build("vp-linear"), 2, [0.9, 0.5, 0.1], t_end=0.05)
+
+
 def test_bad_grid_arguments():
     process = ref.build("vp-linear")
     with pytest.raises(ValueError, match="unknown grid 'cubic'"):

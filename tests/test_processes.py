@@ -371,7 +371,7 @@ def test_perturb_covariance_is_sigma(name, t):
 
 
 @pytest.mark.parametrize("process", [gddim.VP(), gddim.VP(schedule="cosine", t_end=2e-3), gddim.CLD(beta_0=2.0),
-                                     gddim.BDM(image_size=(4, 8)),
+                                     gddim.BDM(image_size=(4, 8)), gddim.BDM(image_size=np.int64(4)),
                                      gddim.DiscreteVP(np.cumprod(1 - np.linspace(1e-4, 0.02, 50)))],
                          ids=lambda p: p.name)
 def test_config_rebuilds_the_same_process(process):

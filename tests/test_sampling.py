@@ -482,6 +482,16 @@ def test_bad_sampler_options_are_refused(kwargs, message):
         gddim.sample(process, eps_fn, u_T, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lam=0.5), r"SSCS integrates the reverse SDE \(λ = 1\); lam must be 1"),
+    (dict(denoise=False), r"SSCS always ends with CLD's denoising step; leave denoise unset"),
+])
+def test_bad_sscs_options_are_refused(kwargs, message):
+    process, _, eps_fn, u_T = dirac_setup("cld")
+    with pytest.raises(ValueError, match=message):
+        gddim.sample(process, eps_fn, u_T, nfe=10, method="sscs", **kwargs)
+
+
 def test_nfe_too_small_counts_clds_denoising_step():
     process, _, eps_fn, u_T = dirac_setup("cld")
     with pytest.raises(ValueError, match=r"nfe=3 gives 2 step\(s\): too few for order q=2"):

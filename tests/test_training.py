@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 import gddim
-from gddim import training
+from gddim import evaluation, training
 from gddim.cli import main
 from gddim.data import load_images
 from gddim.evaluation import Sampler, sample_images, save_grid, save_npz
+from gddim.sampling import SamplerError
 from gddim.networks import EpsModel, NetworkConfig, NetworkConfigError, TIME_SCALE, preset
 from gddim.training import CheckpointError, TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
 
@@ -299,6 +300,38 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
     assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
 
 
+def test_train_config_refuses_a_sample_nfe_too_small_for_its_grids():
+    with pytest.raises(ValueError, match=r"sample_nfe must be at least 4 \(the sample grids use gDDIM q = 2\), got 3"):
+        TrainConfig(sample_nfe=3)
+
+
+def test_evaluate_refuses_bad_samplers_before_sampling(cld_run, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=r"unknown method 'gdim'"):
+        evaluation.evaluate(cld_run, ["gddim", "gdim"], [5], n=8, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"nfe=3 gives 2 step\(s\): too few for order q=3"):
+        evaluation.evaluate(cld_run, ["gddim:q=3"], [20, 3], n=8, out_dir=tmp_path)
+    assert calls == [] and not (tmp_path / "metrics.json").exists()
+
+
+def test_evaluate_records_a_diverging_sampler_and_goes_on(cld_run, tmp_path, monkeypatch):
+    real_sampler = evaluation.sample_images
+
+    def euler_diverges(process, model, n, nfe, method="gddim", **kw):
+        if method == "euler":
+            raise SamplerError("eps_fn returned NaN or inf at step 2 (t=0.5)")
+        return real_sampler(process, model, n, nfe, method, **kw)
+
+    monkeypatch.setattr(evaluation, "sample_images", euler_diverges)
+    result = evaluation.evaluate(cld_run, ["euler", "gddim"], [5], n=8, out_dir=tmp_path)
+    euler, gddim_q0 = result["records"]
+    assert euler["fd"] is None and "NaN or inf at step 2" in euler["error"]
+    assert math.isfinite(gddim_q0["fd"]) and "error" not in gddim_q0
+    assert json.loads((tmp_path / "metrics.json").read_text())["records"][0]["fd"] is None
+    assert (tmp_path / "quality_vs_nfe.png").is_file() and not (tmp_path / "grids" / "euler_nfe5.png").exists()
+
+
 # ---- CLI -----------------------------------------------------------------------------------------------------
 
 def test_cli_train_sample_evaluate(tmp_path, capsys):
@@ -324,6 +357,15 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", str(run), "--inception", str(tmp_path / "none.pth"), "--out", str(tmp_path / "ev2")]) == 2
     assert "Inception weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["bench", "exact", "--dataset", "{missing}", "--out", "{tmp}/b"],
+                                     ["train", "--process", "vp", "--data", "{missing}", "--out", "{tmp}/t"]])
+def test_cli_bad_data_is_one_line_on_stderr(command, tmp_path, capsys):
+    args = [a.format(missing=tmp_path / "no_such_data", tmp=tmp_path) for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gddim {args[0]}: error: data source") and "does not exist" in err and "Traceback" not in err
 
 
 def test_cli_quickstart_reduced(tmp_path, capsys):

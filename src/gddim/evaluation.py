@@ -20,8 +20,8 @@ from .data import load_images
 from .metrics import frechet_distance, inception_fid, load_feature_net
 from .networks import EpsModel
 from .processes import LinearProcess
-from .sampling import sample
-from .training import Checkpoint, load_checkpoint
+from .sampling import SamplerError, check_sampler, sample
+from .training import Checkpoint, atomic_write_text, load_checkpoint
 
 SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization"}
 
@@ -150,14 +150,14 @@ def real_reference(checkpoint: Checkpoint) -> torch.Tensor:
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None) -> dict:
+             grid_nfes=None, save_metrics: bool = True) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
     With inception (a local weights file of torch-fidelity's Inception) it is standard FID of n samples
     against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
-    Writes (if out_dir is given) metrics.json, quality_vs_nfe.png and under grids/ a grid of 64 samples per
-    record (only at the NFEs in grid_nfes when given).
+    Writes (if out_dir is given) metrics.json and quality_vs_nfe.png (unless save_metrics is False) and under
+    grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes when given).
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
@@ -180,28 +180,39 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
         # the same split as metrics.real_floor(real, feature_net, n, seed): the floor is exactly comparable
         floor = frechet_distance(reference, real[perm[n:2 * n]], feature_net)
         score = lambda fake: frechet_distance(reference, fake, feature_net)
+    for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
+        for nfe in nfes:
+            check_sampler(process, nfe, **sampler.options())
     records = []
     for sampler in samplers:
         for nfe in nfes:
             began = time.perf_counter()
-            fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch)
-            record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": int(nfe),
-                      "fd": score(fake), "floor": floor, "seconds": time.perf_counter() - began}
+            record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": int(nfe)}
+            try:
+                fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch)
+            except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
+                fake, record["error"] = None, str(err)
+            record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
             records.append(record)
             if progress:
-                print(f"  {process.name} {sampler.label:<22} NFE {nfe:>4}: FD {record['fd']:.4g}"
+                print(f"  {process.name} {sampler.label:<22} NFE {nfe:>4}: "
+                      + (f"diverged ({record['error']})" if fake is None else f"FD {record['fd']:.4g}")
                       + ("" if floor is None else f" (floor {floor:.3g})"))
-            if out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
+            if fake is not None and out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
                 save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
     result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
               "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
               "seed": seed, "floor": floor, "records": records}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plot_quality(result, out / "quality_vs_nfe.png")
+    if out_dir is not None and save_metrics:
+        save_metrics_and_plot(result, Path(out_dir))
     return result
+
+
+def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
+    """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    plot_quality(result, out_dir / "quality_vs_nfe.png")
 
 
 def plot_quality(result: dict, path: str | Path, title: str | None = None, max_ratio: float = 30.0) -> Path:
@@ -213,7 +224,7 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    records = result["records"]
+    records = [r for r in result["records"] if r["fd"] is not None]  # diverged runs have no distance
     fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     ax = fig.add_subplot()
     labels = list(dict.fromkeys(r["label"] for r in records))
@@ -224,14 +235,15 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
                 linestyle="-" if label.startswith("gddim") else "--")
     if result["floor"] is not None:
         ax.axhline(result["floor"], color="gray", linestyle=":", label="real vs real")
-    best = min(r["fd"] for r in records)
+    scores = [r["fd"] for r in records] or [result["floor"] or 1.0]
+    best = min(scores)
     bottom = min(best, result["floor"] or best) / 1.5
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylim=(bottom, max(r["fd"] for r in records) * 1.5),
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylim=(bottom, max(scores) * 1.5),
            ylabel="FID (Inception)" if result.get("metric") == "inception" else "Fréchet distance (classifier features)",
            title=title or f"{result['process']['process'].upper()} on {(result.get('data') or {}).get('source', 'data')}"
                           f", step {result['step']}, n={result['n']}")
     ax.set_ylim(top=min(ax.get_ylim()[1], best * max_ratio))
-    ax.set_xticks(sorted({r["nfe"] for r in records}))
+    ax.set_xticks(sorted({r["nfe"] for r in result["records"]}))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, ncols=2)

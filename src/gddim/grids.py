@@ -33,13 +33,18 @@ def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: i
 def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: float | None = None,
               t_end: float | None = None) -> np.ndarray:
     """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` may also be an explicit sequence."""
-    t_start = process.t_start if t_start is None else float(t_start)
-    t_end = process.t_end if t_end is None else float(t_end)
     if not isinstance(grid, str):
+        if t_start is not None or t_end is not None:
+            raise ValueError("an explicit grid sets its own end points: leave t_start and t_end unset")
         ts = np.asarray(grid, dtype=np.float64)
         if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):
             raise ValueError("an explicit grid must be a strictly decreasing 1-D sequence of at least 2 times")
+        if not (0 < ts[-1] and ts[0] <= 1 + 1e-6):  # times found by inverting ᾱ (peers) land up to 3e-8 above 1
+            raise ValueError(f"an explicit grid must lie in (0, 1], the processes' time range; got times from "
+                             f"{ts[0]:.6g} down to {ts[-1]:.6g}")
         return ts
+    t_start = process.t_start if t_start is None else float(t_start)
+    t_end = process.t_end if t_end is None else float(t_end)
     if not 0 < t_end < t_start:
         raise ValueError(f"need 0 < t_end < t_start, got t_start={t_start}, t_end={t_end}")
     if n_steps < 1:

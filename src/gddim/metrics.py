@@ -149,8 +149,8 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "
             f"the path of a local {INCEPTION_WEIGHTS_FILE} as the weights path"
         )
-    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_path))
-    metric = metric.set_dtype(torch.float64).to(device)
+    # Inception runs in float32 as the reference implementation does; torchmetrics keeps the sums in float64
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_path)).to(device)
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
             for chunk in images.split(batch_size):

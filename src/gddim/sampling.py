@@ -53,12 +53,9 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
          parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None) -> Recursion:
     """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process."""
-    lam = _default_lam(method, lam)
-    _check_options(process, method, order, lam, parameterization)
-    denoise = process.denoise if denoise is None else denoise
-    n_steps = _steps(process, nfe, grid, denoise)
-    if method == "gddim" and n_steps < order + 1:
-        raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
+    lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise)
+    if method == "sscs":
+        raise ValueError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise)
     cache = process.__dict__.setdefault("_plans", {})
@@ -67,14 +64,28 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
             rec = coefficients.exponential_integrator(process, ts, order, parameterization)
         elif method in ("gddim", "ancestral"):
             rec = coefficients.stochastic(process, ts, lam)
-        elif method in ("euler", "em"):
-            rec = coefficients.euler_maruyama(process, ts, lam)
         else:
-            raise ValueError("SSCS has its own splitting step; use sample(..., method='sscs')")
+            rec = coefficients.euler_maruyama(process, ts, lam)
         if denoise:
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
     return cache[key]
+
+
+def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
+                  parameterization: str = "R", grid="quadratic", denoise: bool | None = None) -> tuple[float, bool, int]:
+    """Refuse impossible sampler settings before any work; returns (λ, denoise, integrator steps)."""
+    lam = _default_lam(method, lam)
+    _check_options(process, method, order, lam, parameterization)
+    if method == "sscs" and lam != 1.0:
+        raise ValueError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
+    if method == "sscs" and denoise is not None and denoise != process.denoise:
+        raise ValueError("SSCS always ends with CLD's denoising step; leave denoise unset")
+    denoise = process.denoise if denoise is None else denoise
+    n_steps = _steps(process, nfe, grid, denoise)
+    if method == "gddim" and n_steps < order + 1:
+        raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
+    return lam, denoise, n_steps
 
 
 def _steps(process: LinearProcess, nfe: int, grid, denoise: bool) -> int:
@@ -154,10 +165,7 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr" or an explicit decreasing sequence of times.
     """
     if method == "sscs":
-        lam = _default_lam(method, lam)
-        _check_options(process, method, order, lam, parameterization)
-        if lam != 1.0:
-            raise ValueError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
+        check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise)
         u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress)
     else:
         rec = plan(process, nfe, method, order, lam, parameterization, grid, t_start, t_end, denoise)

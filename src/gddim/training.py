@@ -72,6 +72,8 @@ class TrainConfig:
             raise ValueError("steps, batch_size and ckpt_every must be positive, sample_every non-negative")
         if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("need lr > 0, warmup >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
+        if self.sample_nfe < 4:  # checked now, not at the end of training: the grids sample with gDDIM q = 2
+            raise ValueError(f"sample_nfe must be at least 4 (the sample grids use gDDIM q = 2), got {self.sample_nfe}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from lr/warmup to lr over the first `warmup` steps, then constant (MATH §6.1)."""
@@ -158,7 +160,8 @@ def _normalized(obj):
     return json.loads(json.dumps(obj))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -191,7 +194,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: Aver
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
         _fsync_folder(tmp)
         os.replace(tmp, final)
-    _atomic_write_text(root / LATEST, name + "\n")
+    atomic_write_text(root / LATEST, name + "\n")
     for old in [*root.glob("step_*"), *root.glob(".step_*.tmp-*")]:  # older checkpoints, leftovers of crashed writes
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -27,9 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors that are the user's to fix (bad settings, data, checkpoints, a diverging model) print one line on
+    stderr and exit with 2, without a traceback."""
+    from ..data import DataError
+    from ..sampling import SamplerError
+    from ..training import TrainingError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, DataError, SamplerError, TrainingError) as err:
         print(f"gddim {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import DataError
 
 PROCESS_NAMES = ("vp", "cld", "bdm")
 
@@ -22,23 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
     p.add_argument("--n", type=int, default=500, help="samples per Fréchet distance (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_reported(_run_quickstart))
-
-
-def _reported(run):
-    """Errors of the library that are the user's to fix: one line on stderr and exit code 2, no traceback."""
-
-    def wrapped(args) -> int:
-        from ..sampling import SamplerError
-        from ..training import TrainingError
-
-        try:
-            return run(args)
-        except (DataError, TrainingError, SamplerError) as err:
-            print(f"gddim {args.command}: error: {err}", file=sys.stderr)
-            return 2
-
-    return wrapped
+    p.set_defaults(run=_run_quickstart)
 
 
 def _csv(kind):
@@ -80,7 +63,7 @@ def _train_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", default=None, help="insist on resuming (error if --out holds no run)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", default=None)
-    p.set_defaults(run=_reported(_run_train))
+    p.set_defaults(run=_run_train)
 
 
 def train_options(args: argparse.Namespace) -> dict:
@@ -150,7 +133,7 @@ def _sample_parser(subparsers) -> None:
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
     p.add_argument("--device")
-    p.set_defaults(run=_reported(_run_sample))
+    p.set_defaults(run=_run_sample)
 
 
 def _run_sample(args) -> int:
@@ -186,7 +169,7 @@ def _evaluate_parser(subparsers) -> None:
     p.add_argument("--inception", metavar="WEIGHTS", help="standard FID against all training images, with a local "
                    "copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (needs torch-fidelity)")
     p.add_argument("--device")
-    p.set_defaults(run=_reported(_run_evaluate))
+    p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
@@ -213,7 +196,7 @@ def _run_quickstart(args) -> int:
     print(f"\nCLD on digits, {result['step']} training steps; Fréchet distance on classifier features, "
           f"n={result['n']} (real vs real floor {result['floor']:.3g}):")
     for r in result["records"]:
-        print(f"  {r['label']:<12} NFE {r['nfe']:>3}: {r['fd']:.3g}")
+        print(f"  {r['label']:<12} NFE {r['nfe']:>3}: " + ("diverged" if r["fd"] is None else f"{r['fd']:.3g}"))
     print(f"metrics: {out / 'metrics.json'}\nplot:    {out / 'quality_vs_nfe.png'}\ngrids:   {out / 'grids'}\n"
           f"run:     {out / 'run'} (checkpoint, loss.csv, samples/)")
     return 0

@@ -7,6 +7,7 @@ x_t = IDCT(a_t ⊙ DCT(x_0)) + σ_t ε with a_t = √ᾱ_t d_t, so Ψ(t,s) = a_t
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -20,7 +21,8 @@ class BDM(LinearProcess):
 
     def __init__(self, image_size: int | tuple[int, int] = 32, sigma_blur_max: float = 10.0, min_scale: float = 0.001,
                  offset: float = 0.004, t_end: float = 1e-5, t_start: float | None = None):
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        # ints, not numpy integers: the sizes go into config() and from there into JSON
+        h, w = (int(s) for s in ((image_size, image_size) if isinstance(image_size, numbers.Integral) else image_size))
         if h < 1 or w < 1 or sigma_blur_max < 0 or not 0 < min_scale <= 1:
             raise ValueError("BDM needs a positive image size, sigma_blur_max >= 0 and 0 < min_scale <= 1")
         self.mode_shape = (h, w)
