@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from gddim.cli.train import make_process
+from gddim.benchmark import machine_info
 from gddim.data import load_images
 from gddim.evaluation import Sampler, evaluate, save_metrics_and_plot
 from gddim.networks import preset
+from gddim.processes import make_process
 from gddim.training import TrainConfig, atomic_write_text, load_checkpoint, train
 
 HERE = Path(__file__).resolve().parent
@@ -47,18 +47,12 @@ def samplers_for(process: str) -> tuple[list[str], list[str]]:
     return every + ["ancestral"], ["em", "ancestral"]  # the ancestral step is stochastic gDDIM at λ = 1
 
 
-def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "load_average_1min": os.getloadavg()[0]}
-
-
 def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     run = out / "runs" / process_name
     config = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=args.ema,
                          seed=args.seed, ckpt_every=500, sample_every=0)
     began = time.perf_counter()
-    result = train(make_process(process_name, images.shape[-1]), images, run, preset(args.preset), config,
+    result = train(make_process(process_name, tuple(images.shape[-2:])), images, run, preset(args.preset), config,
                    {"source": args.dataset, "image_size": args.image_size}, progress=not args.quiet,
                    device=args.device)
     if result.interrupted:
@@ -68,7 +62,8 @@ def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
         return json.loads(path.read_text())
     record = {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
               "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run),
-              "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset, "machine": machine()}
+              "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset,
+              "machine": machine_info(device=args.device)}
     _write(path, record)
     return record
 
@@ -100,7 +95,8 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
             continue
         part = evaluate(checkpoint, [spec], list(nfes), grid_nfes=grid_nfes, **common)
         records = (merged["records"] if merged else []) + part["records"]
-        merged = {**part, "records": records, "seconds": time.perf_counter() - began, "machine": machine()}
+        merged = {**part, "records": records, "seconds": time.perf_counter() - began,
+                  "machine": machine_info(device=args.device)}
         save_metrics_and_plot(merged, folder)
     return merged
 
@@ -135,7 +131,7 @@ def claims(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
             runs += evaluate(checkpoint, [spec], list(nfes), n=args.claims_n, seed=seed, device=args.device,
                              batch=args.eval_batch, real=images)["records"]
         result = {"process": process_name, "n": args.claims_n, "seeds": seed + 1, "rows": _claims_rows(runs),
-                  "seconds": time.perf_counter() - began, "machine": machine()}
+                  "seconds": time.perf_counter() - began, "machine": machine_info(device=args.device)}
         _write(out / process_name / "claims.json", result)
     return result
 
@@ -227,7 +223,7 @@ def throughput_worker(args) -> None:
             marks[step] = time.perf_counter()
 
     out = Path(args.worker_out)
-    result = train(make_process("cld", images.shape[-1]), images, out / "run", preset(args.preset),
+    result = train(make_process("cld", tuple(images.shape[-2:])), images, out / "run", preset(args.preset),
                    TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, ckpt_every=10**9),
                    {"source": args.dataset, "image_size": args.image_size}, callback=clock, progress=False,
                    device="cpu")  # the comparison is CPU threads against gloo processes, also on a GPU machine
@@ -262,7 +258,7 @@ def throughput(args, out: Path, repeats: int = 3) -> dict:
             print(f"{name}: {rates[name][-1]:.0f} images/s")
     median = {name: statistics.median(values) for name, values in rates.items()}
     two = median["2 processes (torchrun, gloo), 1 thread each"]
-    report = {"machine": machine(), "network": args.preset, "dataset": args.dataset, "batch_per_process": args.batch,
+    report = {"machine": machine_info(device="cpu"), "network": args.preset, "dataset": args.dataset, "batch_per_process": args.batch,
               "steps": args.steps, "images_per_second_median": median, "images_per_second_runs": rates,
               "ratio_2proc_over_1proc_1thread": two / median["1 process, 1 thread"],
               "ratio_2proc_over_1proc_2threads": two / median["1 process, 2 threads"],

@@ -137,7 +137,7 @@ def test_l_vs_r_on_synthetic_records():
 @pytest.mark.parametrize("name, nfe, order, fits", [("cld", 1, 0, False), ("cld", 4, 3, False), ("cld", 5, 3, True),
                                                      ("vp", 3, 3, False), ("vp", 4, 3, True), ("bdm", 1, 0, True)])
 def test_variants_that_do_not_fit_the_budget_are_skipped(name, nfe, order, fits):
-    process = benchmark.make_process(name, (8, 8))
+    process = gddim.processes.make_process(name, (8, 8))
     assert Variant("gddim", order).fits(process, nfe) is fits
 
 

@@ -31,10 +31,9 @@ from .coefficients import denoising_step
 from .data import DataError, load_images
 from .exact import exact_eps
 from .grids import steps_for_nfe
-from .processes import BDM, PROCESSES, LinearProcess
+from .processes import PROCESSES, LinearProcess, make_process
 from .sampling import EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
 
-PROCESS_NAMES = ("vp", "cld", "bdm")
 NFES = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 REFERENCE_RTOL = 1e-10  # the reference ODE is also solved at half of it: the difference is reported
 QUICK = {"batch": 16, "nfes": (5, 10, 20, 50), "rtol": 1e-8}  # the smoke-test size of `gddim bench exact --quick`
@@ -88,13 +87,6 @@ def sweep_variants(process_name: str) -> list[Variant]:
     return variants
 
 
-def make_process(name: str, image_shape: tuple[int, int]) -> LinearProcess:
-    """The process `name` with its default parameters (BDM's DCT basis sized to the images)."""
-    if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; choose from {sorted(PROCESSES)}")
-    return BDM(image_size=tuple(image_shape)) if name == "bdm" else PROCESSES[name]()
-
-
 def benchmark_images(dataset: str, split: str = "all", image_size: int | None = None) -> torch.Tensor:
     """The data set whose empirical distribution is the exact model; split "all" joins train and test."""
     if split != "all":
@@ -121,24 +113,29 @@ def data_error(x: torch.Tensor, data: torch.Tensor, chunk: int = 8192) -> float:
     return float((nearest / math.sqrt(flat.shape[1])).mean())
 
 
-def _counted(eps_fn: EpsFn) -> tuple[EpsFn, list[int]]:
-    calls = [0]
+class CountingEps:
+    """An ε-model that counts its calls; reset() returns the count so far and starts again."""
 
-    def counting(u, t):
-        calls[0] += 1
-        return eps_fn(u, t)
+    def __init__(self, eps_fn: EpsFn):
+        self.eps_fn, self.calls = eps_fn, 0
 
-    return counting, calls
+    def __call__(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.eps_fn(u, t)
+
+    def reset(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
 
 
 def reference_solution(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, rtol: float) -> tuple[torch.Tensor, dict]:
     """x of the probability-flow ODE at tolerance rtol/2, and how far the solve at rtol is from it."""
     solutions, info = [], {}
     for tol in (rtol, rtol / 2):
-        counting, calls = _counted(eps_fn)
+        counting = CountingEps(eps_fn)
         start = time.perf_counter()
         solutions.append(reference_ode(process, counting, u_T, rtol=tol, atol=tol))
-        info[f"rtol={tol:g}"] = {"model_calls": calls[0], "seconds": round(time.perf_counter() - start, 2)}
+        info[f"rtol={tol:g}"] = {"model_calls": counting.calls, "seconds": round(time.perf_counter() - start, 2)}
     info["rms_difference_rtol_vs_half"] = rms_error(solutions[0], solutions[1])
     return solutions[1], info
 
@@ -156,7 +153,7 @@ def _record(process_name: str, variant: Variant, nfe: int, path_err: float | Non
 
 
 def exact_score_benchmark(dataset: str = "digits", out_dir: str | Path | None = None,
-                          processes: tuple[str, ...] = PROCESS_NAMES, nfes: tuple[int, ...] = NFES,
+                          processes: tuple[str, ...] = tuple(PROCESSES), nfes: tuple[int, ...] = NFES,
                           batch: int = 256, seed: int = 0, split: str = "all", image_size: int | None = None,
                           rtol: float = REFERENCE_RTOL, data_points: int | None = None, command: str | None = None,
                           progress: bool = True) -> dict:
@@ -170,7 +167,7 @@ def exact_score_benchmark(dataset: str = "digits", out_dir: str | Path | None = 
     started = time.perf_counter()
     data = benchmark_images(dataset, split, image_size)[:data_points].double()
     processes, nfes = tuple(processes), tuple(sorted(set(int(n) for n in nfes)))
-    built = {name: make_process(name, data.shape[-2:]) for name in processes}
+    built = {name: make_process(name, tuple(data.shape[-2:])) for name in processes}
     runs = [(name, v, n) for name in processes for v in sweep_variants(name) for n in nfes if v.fits(built[name], n)]
     bar = tqdm(total=sum(n for *_, n in runs), unit="NFE", disable=not progress, desc="exact-score sweep")
     records, references, seconds = [], {}, {}
@@ -202,7 +199,7 @@ def exact_score_benchmark(dataset: str = "digits", out_dir: str | Path | None = 
         "records": records,
         "summary": summarize(records, {name: info["data_error_of_reference"] for name, info in references.items()}),
         "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
-        "machine": machine_info(),
+        "machine": machine_info(device="cpu (the exact ε runs in float64 on the CPU)"),
         "command": command,
     }
     if out_dir is not None:
@@ -351,10 +348,11 @@ def format_summary(summary: dict) -> str:
 # ---- output -----------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
+def machine_info(**extra) -> dict:
+    """What a benchmark ran on (plus the caller's extra fields), stored beside its numbers."""
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "device": "cpu (the exact ε runs in float64 on the CPU)"}
+            "processor": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0], **extra}
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -401,7 +399,7 @@ def plot_process(records: list[dict], process_name: str, path: Path, dataset: st
 # ---- coefficient build time (BENCHMARKS.md §3) --------------------------------------------------------
 
 
-def coefficient_build_times(processes: tuple[str, ...] = PROCESS_NAMES, nfes: tuple[int, ...] = COEFFICIENT_NFES,
+def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes: tuple[int, ...] = COEFFICIENT_NFES,
                             orders: tuple[int, ...] = COEFFICIENT_ORDERS, lam: float = 0.5, repeats: int = 5,
                             bdm_image_size: int = 32, command: str | None = None, progress: bool = True) -> dict:
     """Seconds to build one sampler's coefficients for a new grid from a cold start, medians over repeats.
@@ -433,7 +431,7 @@ def coefficient_build_times(processes: tuple[str, ...] = PROCESS_NAMES, nfes: tu
                          "median_r_solve_cpu_s": float(np.median([r["r_solve_cpu_s"] for r in records if r["process"] == name]))}
     return {"benchmark": "coefficient build time from a cold start (BENCHMARKS.md §3)",
             "bdm_image_size": bdm_image_size, "records": records, "summary": summary,
-            "machine": machine_info(), "command": command}
+            "machine": machine_info(device="cpu"), "command": command}
 
 
 def _cold_build(name: str, nfe: int, order: int, lam: float, bdm_image_size: int) -> list[list[float]]:

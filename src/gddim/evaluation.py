@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .data import load_images
-from .metrics import frechet_distance, inception_fid, load_feature_net
+from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
@@ -172,13 +172,8 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     else:
         feature_net = feature_net or load_feature_net(checkpoint.meta.get("data", {}).get("source"), model.image_size)
         n = min(1000, len(real) // 2) if n is None else n
-        if not 2 <= n <= len(real) // 2:
-            raise ValueError(f"n must lie in [2, {len(real) // 2}] for {len(real)} real images (the floor needs 2n), "
-                             f"got {n}")
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(real)))
-        reference = real[perm[:n]]
-        # the same split as metrics.real_floor(real, feature_net, n, seed): the floor is exactly comparable
-        floor = frechet_distance(reference, real[perm[n:2 * n]], feature_net)
+        reference, held_out = real_split(real, n, seed)  # the split of metrics.real_floor(real, feature_net, n, seed)
+        floor = frechet_distance(reference, held_out, feature_net)
         score = lambda fake: frechet_distance(reference, fake, feature_net)
     for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
         for nfe in nfes:

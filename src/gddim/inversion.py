@@ -21,7 +21,7 @@ import torch
 from . import blocks, coefficients
 from .grids import time_grid
 from .processes import LinearProcess
-from .sampling import EpsFn, MAX_ORDER, run_recursion
+from .sampling import EpsFn, check_sampler, run_recursion
 
 
 def inversion_grid(process: LinearProcess, nfe: int, grid="quadratic", t_start: float | None = None,
@@ -30,17 +30,10 @@ def inversion_grid(process: LinearProcess, nfe: int, grid="quadratic", t_start: 
     return time_grid(process, nfe, grid, t_start, t_end)[::-1].copy()
 
 
-def _check_order(order: int, nfe: int) -> None:
-    if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
-        raise ValueError(f"order q must be an integer in 0..{MAX_ORDER}, got {order!r}")
-    if nfe < order + 1:
-        raise ValueError(f"nfe={nfe} gives {nfe} step(s): too few for order q={order}, which needs {order + 1}")
-
-
 def invert(process: LinearProcess, eps_fn: EpsFn, u_end: torch.Tensor, nfe: int, order: int = 0, grid="quadratic",
            t_start: float | None = None, t_end: float | None = None) -> torch.Tensor:
     """The state at t_start whose probability-flow ODE solution passes through u_end at t_end."""
-    _check_order(order, nfe)
+    check_sampler(process, nfe, order=order, grid=grid, denoise=False)  # the ODE part only: no denoising step
     ts = inversion_grid(process, nfe, grid, t_start, t_end)
     return run_recursion(process, eps_fn, u_end, coefficients.exponential_integrator(process, ts, order))
 
@@ -48,7 +41,7 @@ def invert(process: LinearProcess, eps_fn: EpsFn, u_end: torch.Tensor, nfe: int,
 def reconstruct(process: LinearProcess, eps_fn: EpsFn, u_start: torch.Tensor, nfe: int, order: int = 0,
                 grid="quadratic", t_start: float | None = None, t_end: float | None = None) -> torch.Tensor:
     """Deterministic gDDIM from u_start at t_start to the state at t_end on the same grid (no denoising step)."""
-    _check_order(order, nfe)
+    check_sampler(process, nfe, order=order, grid=grid, denoise=False)  # the ODE part only: no denoising step
     ts = inversion_grid(process, nfe, grid, t_start, t_end)[::-1].copy()
     return run_recursion(process, eps_fn, u_start, coefficients.exponential_integrator(process, ts, order))
 

@@ -126,11 +126,18 @@ def real_floor(images: torch.Tensor, feature_net: FeatureNet, n: int | None = No
     The score a perfect generator would get with n samples against n real images: the floor to print beside
     a score computed at the same count.
     """
+    return frechet_distance(*real_split(images, n, seed), feature_net, batch_size)
+
+
+def real_split(images: torch.Tensor, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint random subsets of n images each (default: the two halves): the reference set that samples
+    are scored against, and the held-out set that gives the real-vs-real floor."""
     n = images.shape[0] // 2 if n is None else n
     if not 2 <= n <= images.shape[0] // 2:
-        raise ValueError(f"n must be in [2, {images.shape[0] // 2}] for {images.shape[0]} images, got {n}")
+        raise ValueError(f"n must lie in [2, {images.shape[0] // 2}] for {images.shape[0]} real images (the floor "
+                         f"needs 2n), got {n}")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
-    return frechet_distance(images[perm[:n]], images[perm[n : 2 * n]], feature_net, batch_size)
+    return images[perm[:n]], images[perm[n : 2 * n]]
 
 
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path, batch_size: int = 50,

@@ -17,9 +17,6 @@ gap between a peer's own levels and gDDIM's grid, so no mismatch is hidden.
 
 from __future__ import annotations
 
-import math
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ import numpy as np
 import torch
 
 from . import sampling
+from .benchmark import CountingEps, data_error, machine_info, reference_solution, rms_error
 from .exact import exact_eps
 from .grids import time_grid
 from .diffusers import GDDIMScheduler, time_of_alpha_bar
@@ -122,20 +120,6 @@ def gddim_grid(process: VP, nfe: int, grid: str, betas: np.ndarray) -> np.ndarra
     return time_of_alpha_bar(process, np.append(ab[ddim.timesteps.numpy()], landing_alpha_bar(ddim)), T_MAX)
 
 
-def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).pow(2).mean().sqrt())
-
-
-def data_error(x: torch.Tensor, data: torch.Tensor, chunk: int = 8192) -> float:
-    """RMS per dimension from each sample to its nearest training point, averaged over the batch."""
-    flat = x.double().flatten(1)
-    best = torch.full((len(flat),), math.inf, dtype=torch.float64)
-    for start in range(0, len(data), chunk):
-        d = torch.cdist(flat, data[start:start + chunk].double().flatten(1))
-        best = torch.minimum(best, d.min(1).values)
-    return float((best / math.sqrt(flat.shape[1])).mean())
-
-
 def _log_snr(process: VP, t: np.ndarray) -> np.ndarray:
     return process.log_snr(np.asarray(t, dtype=np.float64))
 
@@ -147,35 +131,24 @@ def _levels(process: VP, times: np.ndarray) -> dict:
             "alpha_bar_final": float(np.exp(process.log_alpha_bar(times[-1])[0]))}
 
 
-def reference_solution(process: VP, eps_fn, u_T: torch.Tensor, data: torch.Tensor, rtol: float):
-    """The float64 reference ODE solution from u_T, checked by halving its tolerance (BENCHMARKS §1)."""
-    start = time.perf_counter()
-    ref = sampling.reference_ode(process, eps_fn, u_T, rtol=rtol, atol=rtol)
-    calls = eps_fn.reset()
-    ref_half = sampling.reference_ode(process, eps_fn, u_T, rtol=rtol / 2, atol=rtol / 2)
-    drift = _drift_rms(process, eps_fn, ref)
-    eps_fn.reset()
-    return ref, {"rtol": rtol, "model_calls": calls, "rms_change_at_half_tolerance": _rms(ref, ref_half),
-                 "data_error": data_error(ref, data), "drift_rms_at_t_end": drift,
-                 "seconds": time.perf_counter() - start}
-
-
 def benchmark(process: VP, data: torch.Tensor, nfes=NFES, batch: int = 256, seed: int = 0, peers=PEERS,
               orders=(0, 1, 2, 3), grids=GDDIM_GRIDS, rtol: float = 1e-10, progress=print) -> dict:
     """Path and data errors of gDDIM and the peers from one batch of start noise; returns the JSON-ready result."""
-    eps_fn = _Counting(exact_eps(process, data.double()))
+    eps_fn = CountingEps(exact_eps(process, data.double()))
     u_T = process.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(seed),
                                dtype=torch.float64)
-    ref, reference = reference_solution(process, eps_fn, u_T, data, rtol)
-    progress(f"reference ODE: {reference['model_calls']} calls, halving the tolerance moves it by "
-             f"{reference['rms_change_at_half_tolerance']:.2e}")
+    ref, reference = reference_solution(process, eps_fn, u_T, rtol)
+    reference.update(data_error=data_error(ref, data), drift_rms_at_t_end=_drift_rms(process, eps_fn, ref))
+    eps_fn.reset()
+    progress(f"reference ODE: {reference[f'rtol={rtol:g}']['model_calls']} calls, halving the tolerance moves it by "
+             f"{reference['rms_difference_rtol_vs_half']:.2e}")
     betas = peer_betas(process)
     records = []
 
     def record(sampler: str, family: str, order, grid: str, nfe: int, x, times, extra: dict):
         gap = float(times[-1] - process.t_end)
         records.append({"sampler": sampler, "family": family, "order": order, "grid": grid, "nfe": nfe,
-                        "model_calls": eps_fn.reset(), "path_error": _rms(x, ref), "data_error": data_error(x, data),
+                        "model_calls": eps_fn.reset(), "path_error": rms_error(x, ref), "data_error": data_error(x, data),
                         **_levels(process, times), "t_final_minus_reference_t_end": gap,
                         "end_mismatch_effect": reference["drift_rms_at_t_end"] * abs(gap), **extra})
         progress(f"{sampler:>12} {grid:>9} nfe {nfe:3d}: path {records[-1]['path_error']:.3e}  "
@@ -196,7 +169,7 @@ def benchmark(process: VP, data: torch.Tensor, nfes=NFES, batch: int = 256, seed
                          "process": process.config(), "data_points": len(data), "data_shape": list(data.shape[1:]),
                          "peer_precision": "diffusers keeps ᾱ and σ in float32 and DPM-Solver steps in float32; "
                                            "gDDIM and the reference run in float64"},
-            "machine": machine()}
+            "machine": machine_info(device="cpu", diffusers=diffusers.__version__)}
 
 
 def _gaps(process: VP, run: PeerRun, shared: np.ndarray) -> dict:
@@ -215,21 +188,6 @@ def _drift_rms(process: VP, eps_fn, x: torch.Tensor) -> float:
     return float((0.5 * beta * (eps / sigma - x)).double().pow(2).mean().sqrt())
 
 
-class _Counting:
-    """An ε-model that counts its calls (reset() returns the count so far)."""
-
-    def __init__(self, eps_fn):
-        self.eps_fn, self.calls = eps_fn, 0
-
-    def __call__(self, u, t):
-        self.calls += 1
-        return self.eps_fn(u, t)
-
-    def reset(self) -> int:
-        calls, self.calls = self.calls, 0
-        return calls
-
-
 def best_ratios(records: list[dict]) -> list[dict]:
     """Per NFE: gDDIM's best error over q (on the peers' grid, and over all its grids) / the best peer's."""
     out = []
@@ -245,11 +203,6 @@ def best_ratios(records: list[dict]) -> list[dict]:
                            "gddim_any_grid": f"{best['sampler']}@{best['grid']}", "ratio_any_grid": best[metric] / peer[metric]}
         out.append(row)
     return out
-
-
-def machine() -> dict:
-    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "device": "cpu", "platform": platform.platform()}
 
 
 def step_overhead(shape=(64, 3, 32, 32), steps: int = 50, repeats: int = 10, seed: int = 0) -> dict:
@@ -285,4 +238,4 @@ def step_overhead(shape=(64, 3, 32, 32), steps: int = 50, repeats: int = 10, see
     med = {name: statistics.median(v) for name, v in times.items()}
     return {"shape": list(shape), "steps": steps, "repeats": repeats, "dtype": "float32",
             "median_step_seconds": med, "median_set_timesteps_seconds": {n: statistics.median(v) for n, v in setup.items()},
-            "step_ratio_to_ddim": {name: m / med["ddim"] for name, m in med.items()}, "machine": machine()}
+            "step_ratio_to_ddim": {name: m / med["ddim"] for name, m in med.items()}, "machine": machine_info(device="cpu", diffusers=diffusers.__version__)}

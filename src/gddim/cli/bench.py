@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                        help="the data split; all (default) joins train and test")
     exact.add_argument("--image-size", type=int, help="resize images to this square size first")
     exact.add_argument("--data-points", type=int, help="keep only the first N images (default: all of the split)")
-    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(benchmark.PROCESS_NAMES))
+    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
     exact.add_argument("--nfes", nargs="+", type=int, help=f"NFE values (default {' '.join(map(str, benchmark.NFES))})")
     exact.add_argument("--batch", type=int, help="starting points (default 256)")
     exact.add_argument("--seed", type=int, default=0)
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     exact.set_defaults(run=run_exact)
 
     coeff = which.add_parser("coefficients", help="coefficient build time for a new grid from a cold start")
-    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(benchmark.PROCESS_NAMES))
+    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
     coeff.add_argument("--nfes", nargs="+", type=int, default=list(benchmark.COEFFICIENT_NFES))
     coeff.add_argument("--repeats", type=int, default=5, help="builds per configuration; medians are reported")
     coeff.add_argument("--bdm-image-size", type=int, default=32, help="BDM's image size (number of DCT modes)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-PROCESS_NAMES = ("vp", "cld", "bdm")
+from ..processes import PROCESSES, make_process
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="gddim run/checkpoint folder, or a diffusers folder with a UNet2DModel")
     model.add_argument("--exact", metavar="DATASET", help="use the exact score of this data set's training split")
-    p.add_argument("--process", choices=PROCESS_NAMES, default="vp", help="with --exact: the process (default vp)")
+    p.add_argument("--process", choices=sorted(PROCESSES), default="vp", help="with --exact: the process (default vp)")
     p.add_argument("--image-size", type=int, help="with --exact: resize the data (e.g. 16 for fashion-mnist)")
     p.add_argument("--n-data", type=int, help="with --exact: use the first N training images for the score")
     p.add_argument("--images", help="images to invert (a data source; default: the model's data set, test split)")
@@ -37,13 +37,12 @@ def register(subparsers) -> None:
 def _model(args):
     """(process, eps_fn, data source of the model, image size, dtype)."""
     if args.exact:
-        from .. import BDM, CLD, VP, exact_eps
+        from .. import exact_eps
         from ..data import load_images
 
         data = load_images(args.exact, "train", args.image_size)
         data = data if args.n_data is None else data[: args.n_data]
-        size = data.shape[-1]
-        process = {"vp": VP, "cld": CLD, "bdm": lambda: BDM(image_size=size)}[args.process]()
+        process = make_process(args.process, tuple(data.shape[-2:]))
         return process, exact_eps(process, data), args.exact, args.image_size, torch.float64
     from ..diffusers import is_diffusers_folder, load_unet_eps
 

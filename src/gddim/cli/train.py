@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-PROCESS_NAMES = ("vp", "cld", "bdm")
+from ..processes import PROCESSES, make_process
 
 
 def register(subparsers) -> None:
@@ -44,7 +43,7 @@ def _train_parser(subparsers) -> None:
                               "Rerunning the same command in the same --out folder resumes the run.")
     p.add_argument("--config", help="JSON file whose keys are the option names below (image_size, not "
                    "--image-size); options given on the command line win")
-    p.add_argument("--process", choices=PROCESS_NAMES, help="default cld")
+    p.add_argument("--process", choices=sorted(PROCESSES), help="default cld")
     p.add_argument("--data", help="digits (default), fashion-mnist, cifar10:PATH, a folder of images or an .npz file")
     p.add_argument("--image-size", type=int, help="resize the images to this square size")
     p.add_argument("--preset", choices=sorted(PRESETS), help="network size (default tiny)")
@@ -79,14 +78,6 @@ def train_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def make_process(name: str, image_size: int):
-    from ..processes import BDM, CLD, VP
-
-    if name not in PROCESS_NAMES:
-        raise ValueError(f"unknown process {name!r}; choose one of {PROCESS_NAMES}")
-    return {"vp": VP, "cld": CLD}.get(name, lambda: BDM(image_size=image_size))()
-
-
 def data_source(source: str) -> str:
     """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
     if source in ("digits", "fashion-mnist"):
@@ -106,7 +97,7 @@ def _run_train(args) -> int:
     config = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"], warmup=o["warmup"], ema_decay=o["ema"],
                          grad_clip=o["grad_clip"], flip=o["flip"], seed=o["seed"], ckpt_every=o["ckpt_every"],
                          sample_every=o["sample_every"])
-    result = train(make_process(o["process"], images.shape[-1]), images, o["out"], preset(o["preset"]), config,
+    result = train(make_process(o["process"], tuple(images.shape[-2:])), images, o["out"], preset(o["preset"]), config,
                    {"source": source, "image_size": o["image_size"]}, resume=True if o["resume"] else None,
                    progress=not o["no_progress"], device=o["device"])
     if result.checkpoint is not None:

@@ -12,6 +12,13 @@ PROCESSES = {"vp": VP, "cld": CLD, "bdm": BDM}
 _BY_CONFIG_NAME = {**PROCESSES, DiscreteVP.name: DiscreteVP}
 
 
+def make_process(name: str, image_size: int | tuple[int, int]) -> LinearProcess:
+    """The process `name` ("vp", "cld" or "bdm") with its default parameters; BDM's DCT basis fits the images."""
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+    return BDM(image_size=image_size) if name == "bdm" else PROCESSES[name]()
+
+
 def process_from_config(config: dict) -> LinearProcess:
     """Rebuild a process from the dict its config() wrote (e.g. into a checkpoint)."""
     config = dict(config)
@@ -22,4 +29,4 @@ def process_from_config(config: dict) -> LinearProcess:
 
 
 __all__ = ["LinearProcess", "VP", "DiscreteVP", "CLD", "BDM", "LinearSDE", "IdentityBasis", "DCTBasis", "dct_matrix",
-           "PROCESSES", "process_from_config"]
+           "PROCESSES", "make_process", "process_from_config"]
