@@ -67,3 +67,25 @@ def test_best_ratios_compare_gddims_best_with_the_best_peer():
     assert row["path_error"]["ratio_same_grid"] == pytest.approx(4.0)
     assert row["path_error"]["ratio_any_grid"] == pytest.approx(2.0)
     assert row["data_error"]["gddim_any_grid"] == "gddim-q0@trailing" and row["data_error"]["ratio_any_grid"] == 1.0
+
+
+def test_benchmark_end_to_end_on_a_few_points(vp):
+    """The whole peer benchmark on 12 data points: every run makes exactly NFE calls, DDIM and gDDIM q=0 agree on
+    the shared grid, and the ratios compare the best of each family."""
+    data = torch.rand(12, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    result = peers.benchmark(vp, data, nfes=(5, 10), batch=4, peers=("ddim", "unipc-2"), orders=(0, 2),
+                             grids=("trailing",), rtol=1e-8, progress=lambda line: None)
+    records = result["records"]
+    assert len(records) == 2 * (2 + 2) and all(r["model_calls"] == r["nfe"] for r in records)
+    for nfe in (5, 10):
+        ddim, q0 = (next(r for r in records if r["sampler"] == s and r["nfe"] == nfe) for s in ("ddim", "gddim-q0"))
+        # diffusers keeps ᾱ in float32: the two agree to float32 accuracy, not to float64
+        assert abs(ddim["path_error"] - q0["path_error"]) < 1e-5
+    assert result["reference"]["rms_difference_rtol_vs_half"] < 1e-6 and result["reference"]["data_error"] >= 0
+    assert [row["nfe"] for row in result["ratios"]] == [5, 10]
+    assert result["machine"]["diffusers"]
+
+
+def test_step_overhead_times_every_scheduler():
+    result = peers.step_overhead(shape=(2, 1, 4, 4), steps=3, repeats=1)
+    assert result["step_ratio_to_ddim"]["ddim"] == 1.0 and len(result["step_ratio_to_ddim"]) >= 5
