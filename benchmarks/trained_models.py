@@ -87,7 +87,8 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     checkpoint, folder = load_checkpoint(out / "runs" / process_name), out / process_name
     common = {"n": args.n, "seed": args.seed, "progress": not args.quiet, "device": args.device,
               "batch": args.eval_batch, "real": images, "out_dir": folder, "save_metrics": False}
-    jobs = [(spec, NFES, (10, 50)) for spec in every] + [(spec, LONG_NFES, (1000,)) for spec in baselines]
+    nfes, long_nfes = args.nfes or NFES, args.long_nfes or LONG_NFES
+    jobs = [(spec, nfes, (10, 50)) for spec in every] + [(spec, long_nfes, (max(long_nfes),)) for spec in baselines]
     merged = _resumable(folder / "metrics.json", checkpoint.step, args)
     done = {(r["label"], r["nfe"]) for r in merged["records"]} if merged else set()
     for spec, nfes, grid_nfes in jobs:
@@ -283,6 +284,10 @@ def main() -> None:
     p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")
     p.add_argument("--claims-seeds", type=int, default=3)
     p.add_argument("--eval-batch", type=int, default=500, help="samples drawn per batch when evaluating")
+    nfe_list = lambda text: tuple(int(v) for v in text.split(","))
+    p.add_argument("--nfes", type=nfe_list, help=f"NFEs of the sweep (default {','.join(map(str, NFES))})")
+    p.add_argument("--long-nfes", type=nfe_list,
+                   help=f"NFEs only the baselines also run at (default {','.join(map(str, LONG_NFES))})")
     p.add_argument("--stages", default="train,sweep,claims", help="which of train,sweep,claims to run (a trained "
                    "run is reused); results.json and summary.json are rebuilt after every invocation, alone with 'report'")
     p.add_argument("--seed", type=int, default=0)
