@@ -58,9 +58,11 @@ def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     if result.interrupted:
         raise KeyboardInterrupt
     path = out / process_name / "training.json"
-    if not result.losses and path.exists():  # a finished run was reused: keep the record of its training
-        return json.loads(path.read_text())
-    record = {"process": process_name, "steps": result.step, "seconds": time.perf_counter() - began,
+    earlier = json.loads(path.read_text()) if path.exists() else None
+    if earlier and not result.losses:  # a finished run was reused: keep the record of its training
+        return earlier
+    seconds = time.perf_counter() - began + (earlier["seconds"] if earlier else 0.0)  # a run taken further adds up
+    record = {"process": process_name, "steps": result.step, "seconds": seconds,
               "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run),
               "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset,
               "machine": machine_info(device=args.device)}
