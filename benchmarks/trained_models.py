@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -93,10 +94,10 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     jobs = [(spec, nfes, (10, 50)) for spec in every] + [(spec, long_nfes, (max(long_nfes),)) for spec in baselines]
     merged = _resumable(folder / "metrics.json", checkpoint.step, args)
     done = {(r["label"], r["nfe"]) for r in merged["records"]} if merged else set()
-    for spec, nfes, grid_nfes in jobs:
-        if all((Sampler.parse(spec).label, nfe) in done for nfe in nfes):
+    for spec, job_nfes, grid_nfes in jobs:
+        if all((Sampler.parse(spec).label, nfe) in done for nfe in job_nfes):
             continue
-        part = evaluate(checkpoint, [spec], list(nfes), grid_nfes=grid_nfes, **common)
+        part = evaluate(checkpoint, [spec], list(job_nfes), grid_nfes=grid_nfes, **common)
         records = (merged["records"] if merged else []) + part["records"]
         merged = {**part, "records": records, "seconds": time.perf_counter() - began,
                   "machine": machine_info(device=args.device)}
@@ -140,8 +141,6 @@ def claims(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
 
 
 def _claims_rows(runs: list[dict]) -> list[dict]:
-    import statistics
-
     table = {}
     for r in runs:  # seeds in order, so that fd_per_seed lists pair up across samplers
         table.setdefault((r["label"], r["nfe"]), []).append((r["fd"], r["floor"]))
@@ -161,8 +160,6 @@ def fd(rows: list[dict], label: str, nfe: int) -> float | None:
 
 def paired(rows: list[dict], a: str, b: str, nfe: int) -> dict | None:
     """FD(a) - FD(b) at one NFE, seed by seed (same starting noise and real subset): mean, std, per seed."""
-    import statistics
-
     fa = next((r["fd_per_seed"] for r in rows if r["label"] == a and r["nfe"] == nfe), None)
     fb = next((r["fd_per_seed"] for r in rows if r["label"] == b and r["nfe"] == nfe), None)
     if fa is None or fb is None or None in fa + fb:
@@ -241,7 +238,6 @@ def throughput_worker(args) -> None:
 def throughput(args, out: Path, repeats: int = 3) -> dict:
     """1 process (2 threads, 1 thread) and torchrun --nproc_per_node=2 (gloo, 1 thread each), interleaved
     `repeats` times so that the machine's load hits every setting alike; medians and their ratios."""
-    import statistics
     import tempfile
 
     script = str(Path(__file__).resolve())
@@ -261,7 +257,8 @@ def throughput(args, out: Path, repeats: int = 3) -> dict:
             print(f"{name}: {rates[name][-1]:.0f} images/s")
     median = {name: statistics.median(values) for name, values in rates.items()}
     two = median["2 processes (torchrun, gloo), 1 thread each"]
-    report = {"machine": machine_info(device="cpu"), "network": args.preset, "dataset": args.dataset, "batch_per_process": args.batch,
+    report = {"machine": machine_info(device="cpu"), "network": args.preset, "dataset": args.dataset,
+              "batch_per_process": args.batch,
               "steps": args.steps, "images_per_second_median": median, "images_per_second_runs": rates,
               "ratio_2proc_over_1proc_1thread": two / median["1 process, 1 thread"],
               "ratio_2proc_over_1proc_2threads": two / median["1 process, 2 threads"],
