@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import gddim  # noqa: E402
 from gddim import peers  # noqa: E402
+from gddim.benchmark import machine_info  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
-    machine = peers.machine()
+    machine = machine_info(device="cpu")
     print(f"machine: {machine}")
     if args.overhead:
         result = peers.step_overhead()
