@@ -1,11 +1,13 @@
 """gDDIM beside diffusers' samplers on the exact-score VP benchmark (BENCHMARKS §1, peers), and step overhead.
 
     python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits
-    python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 10000 --out benchmarks/peers_fashion-mnist
+    python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out benchmarks/peers_fashion-mnist
     python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json
 
-Writes results.json (every record with its noise levels, plus the gDDIM/best-peer ratios per NFE) and
-errors.png into the output folder; --overhead writes one JSON file of per-step medians.
+Every diffusers peer runs at each timestep_spacing (and Karras σ where it has them) beside the gDDIM
+variants of `gddim.peers.GDDIM_VARIANTS`. Writes results.json (every run with the noise levels it used and its
+path error against the reference ODE at its own landing time; per NFE each peer's best setting and the ratios
+gDDIM / best peer for gDDIM's default and best variant) and errors.png into the output folder; --overhead writes one JSON file of per-step medians.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ def plot(result: dict, path: Path, title: str) -> None:
     for ax, metric in zip(axes, ("path_error", "data_error")):
         rows = [row[metric] for row in summary]
         for color, name in zip(colors, rows[0]["per_peer_best"]):
-            ax.plot(nfes, [r["per_peer_best"][name]["error"] for r in rows], ":", marker="^", color=color,
+            ax.plot(nfes, [_error(r["per_peer_best"][name]) for r in rows], ":", marker="^", color=color,
                     label=f"{name} (best setting)")
-        ax.plot(nfes, [r["gddim_best"]["error"] for r in rows], "-", marker="o", color="k", label="gDDIM best variant")
-        if rows[0]["gddim_default"] is not None:
-            ax.plot(nfes, [r["gddim_default"]["error"] for r in rows], "--", marker="s", color="0.5",
+        ax.plot(nfes, [_error(r["gddim_best"]) for r in rows], "-", marker="o", color="k", label="gDDIM best variant")
+        if any(r["gddim_default"] for r in rows):
+            ax.plot(nfes, [_error(r["gddim_default"]) for r in rows], "--", marker="s", color="0.5",
                     label=f"gDDIM default ({result['settings']['gddim_default']})")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title=f"{title}: {metric}")
         ax.set_xticks(nfes, [str(n) for n in nfes], minor=False)
@@ -51,6 +53,24 @@ def plot(result: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _error(entry: dict | None) -> float:
+    return float("nan") if entry is None else entry["error"]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def print_summary(result: dict) -> None:
+    print("gDDIM / best peer at t_end (any setting): best variant, default; on the same levels (trailing):")
+    for row in result["summary"]:
+        cells = [f"{m[:4]} {(row[m]['best_peer'] or {}).get('sampler')}@{(row[m]['best_peer'] or {}).get('setting')} "
+                 f"{_ratio(row[m]['ratio_best'])}, "
+                 f"{_ratio(row[m]['ratio_default'])}; {_ratio(row[m]['same_levels']['ratio'])}"
+                 for m in ("path_error", "data_error")]
+        print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)
     plot(result, out / "errors.png", args.dataset + (f" {args.image_size}x{args.image_size}" if args.image_size else ""))
-    print("gDDIM / best peer (any setting): best variant, default; same levels (trailing) best/best:")
-    for row in result["summary"]:
-        cells = [f"{m[:4]} {row[m]['best_peer']['sampler']}@{row[m]['best_peer']['setting']} "
-                 f"{row[m]['ratio_best']:.3g}, {row[m]['ratio_default']:.3g}; {row[m]['same_levels']['ratio']:.3g}"
-                 for m in ("path_error", "data_error")]
-        print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
+    print_summary(result)
     print(f"wrote {out / 'results.json'} and {out / 'errors.png'}")
     return 0
 

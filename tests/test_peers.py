@@ -110,7 +110,8 @@ def _rec(sampler, family, setting, path, data, t_final=1e-3):
 
 
 def test_summary_ranks_settings_landing_at_t_end_and_lists_t0_landings_apart():
-    records = [_rec("gddim-q0-trailing", "gddim", "trailing", 0.4, 0.1),
+    records = [_rec("dpm++3m", "diffusers", "karras", None, None),  # a run that returned NaN: errors None
+               _rec("gddim-q0-trailing", "gddim", "trailing", 0.4, 0.1),
                _rec("gddim-q2-trailing", "gddim", "trailing", 0.2, 0.3),
                _rec("gddim-q2-quadratic", "gddim", "quadratic", 0.1, 0.2),
                _rec("ddim", "diffusers", "trailing", 0.4, 0.1), _rec("ddim", "diffusers", "leading", 0.3, 0.5),
@@ -119,7 +120,7 @@ def test_summary_ranks_settings_landing_at_t_end_and_lists_t0_landings_apart():
     (row,) = peers.summarize(records, default="gddim-q2-trailing")
     path, data = row["path_error"], row["data_error"]
     assert path["best_peer"] == {"sampler": "unipc-2", "setting": "karras", "error": 0.05}  # not the t = 0 landing
-    assert path["per_peer_best"]["ddim"]["setting"] == "leading"
+    assert path["per_peer_best"]["ddim"]["setting"] == "leading" and path["per_peer_best"]["dpm++3m"] is None
     assert path["ratio_best"] == pytest.approx(0.1 / 0.05) and path["ratio_default"] == pytest.approx(0.2 / 0.05)
     assert path["same_levels"]["ratio"] == pytest.approx(0.2 / 0.08)
     assert data["gddim_best"]["sampler"] == "gddim-q0-trailing" and data["ratio_best"] == pytest.approx(1.0)
@@ -150,7 +151,7 @@ def test_benchmark_end_to_end_on_a_few_points(vp):
     records = result["records"]
     assert len(records) == 2 + 3 + 5 and all(r["model_calls"] == r["nfe"] == 5 for r in records)
     assert all({"t_first_call", "t_last_call", "t_final", "alpha_bar_first_call", "alpha_bar_final"} <= r.keys()
-               for r in records)
+               and r["finite_output"] == (r["path_error"] is not None) for r in records)
     ddim, q0 = (next(r for r in records if r["sampler"] == s and r["setting"] == "trailing") for s in ("ddim", "q0-shared"))
     # diffusers keeps ᾱ in float32: the two agree to float32 accuracy, not to float64
     assert abs(ddim["path_error"] - q0["path_error"]) < 1e-5

@@ -53,6 +53,7 @@ KARRAS_LANDINGS = {"karras": "sigma_min", "karras-zero": "zero"}  # setting -> f
 GDDIM_VARIANTS = tuple({"name": f"gddim-q{q}-{grid}", "order": q, "grid": grid}
                        for grid in ("trailing", "quadratic", "logsnr") for q in range(4))
 GDDIM_DEFAULT = "gddim-q2-quadratic"
+ERRORS = ("path_error", "path_error_vs_t_end_reference", "data_error")
 SAME_END = 1e-6  # a landing within this of t_end counts as t_end (float32 ᾱ_0 lands 2.2e-7 above it)
 
 
@@ -202,12 +203,12 @@ def benchmark(process: VP, data: torch.Tensor, nfes=NFES, batch: int = 256, seed
     records = []
 
     def record(sampler: str, family: str, setting: str, nfe: int, x, times, extra: dict):
+        finite = bool(torch.isfinite(x).all())  # a failed run keeps its record, with errors None
+        errors = {"path_error": rms_error(x, refs.at(times[-1])), "path_error_vs_t_end_reference": rms_error(x, refs.x_end),
+                  "data_error": data_error(x, data)} if finite else dict.fromkeys(ERRORS)
         records.append({"sampler": sampler, "family": family, "setting": setting, "nfe": nfe,
-                        "model_calls": eps_fn.reset(), "path_error": rms_error(x, refs.at(times[-1])),
-                        "path_error_vs_t_end_reference": rms_error(x, refs.x_end), "data_error": data_error(x, data),
-                        **_levels(process, times), **extra})
-        progress(f"{sampler:>18} {setting:>11} nfe {nfe:3d}: path {records[-1]['path_error']:.3e}  "
-                 f"data {records[-1]['data_error']:.3e}")
+                        "model_calls": eps_fn.reset(), "finite_output": finite, **errors, **_levels(process, times), **extra})
+        progress(f"{sampler:>18} {setting:>11} nfe {nfe:3d}: path {errors['path_error']}  data {errors['data_error']}")
 
     for nfe in nfes:
         shared = gddim_grid(process, nfe, "trailing", betas)
@@ -238,19 +239,25 @@ def _gaps(process: VP, run: PeerRun, shared: np.ndarray) -> dict:
 
 
 def _best(rows: list[dict], metric: str) -> dict | None:
+    """The row with the smallest error among runs that returned finite samples."""
+    rows = [r for r in rows if r[metric] is not None]
     return min(rows, key=lambda r: r[metric]) if rows else None
 
 
-def _entry(record: dict, metric: str) -> dict:
-    return {"sampler": record["sampler"], "setting": record["setting"], "error": record[metric]}
+def _entry(record: dict | None, metric: str) -> dict | None:
+    return None if record is None else {"sampler": record["sampler"], "setting": record["setting"], "error": record[metric]}
+
+
+def _ratio(ours: dict | None, peer: dict | None, metric: str) -> float | None:
+    return None if ours is None or peer is None else ours[metric] / peer[metric]
 
 
 def summarize(records: list[dict], default: str = GDDIM_DEFAULT) -> list[dict]:
     """Per NFE and metric, among runs landing at t_end: each peer's best setting; the best peer against gDDIM's
     default and best variant; the same-levels comparison (trailing peers, gDDIM on the trailing grid).
 
-    Runs landing at t = 0 are listed apart: with an exact score of finite data they end on a training point, so
-    their path error only says whether it is the reference's point and would reward the landing, not the solver.
+    Runs with non-finite output rank nowhere. Runs landing at t = 0 are listed apart: with an exact score of finite
+    data they end on a training point, so their path error only says whether it is the reference's point.
     """
     out = []
     for nfe in sorted({r["nfe"] for r in records}):
@@ -263,19 +270,17 @@ def summarize(records: list[dict], default: str = GDDIM_DEFAULT) -> list[dict]:
             peers = [r for r in pool if r["family"] == "diffusers"]
             ours = [r for r in pool if r["family"] == "gddim"]
             best_peer, best_ours = _best(peers, metric), _best(ours, metric)
-            mine = next((r for r in ours if r["sampler"] == default), None)
+            mine = next((r for r in ours if r["sampler"] == default and r[metric] is not None), None)
             same_peer = _best([r for r in peers if r["setting"] == "trailing"], metric)
             same_ours = _best([r for r in ours if r["setting"] == "trailing"], metric)
             row[metric] = {
                 "per_peer_best": {p: _entry(_best([r for r in peers if r["sampler"] == p], metric), metric)
                                   for p in dict.fromkeys(r["sampler"] for r in peers)},
                 "best_peer": _entry(best_peer, metric), "gddim_best": _entry(best_ours, metric),
-                "ratio_best": best_ours[metric] / best_peer[metric],
-                "gddim_default": None if mine is None else _entry(mine, metric),
-                "ratio_default": None if mine is None else mine[metric] / best_peer[metric],
-                "same_levels": None if same_peer is None or same_ours is None else {
-                    "best_peer": _entry(same_peer, metric), "gddim_best": _entry(same_ours, metric),
-                    "ratio": same_ours[metric] / same_peer[metric]}}
+                "ratio_best": _ratio(best_ours, best_peer, metric),
+                "gddim_default": _entry(mine, metric), "ratio_default": _ratio(mine, best_peer, metric),
+                "same_levels": {"best_peer": _entry(same_peer, metric), "gddim_best": _entry(same_ours, metric),
+                                "ratio": _ratio(same_ours, same_peer, metric)}}
         out.append(row)
     return out
 
