@@ -7,7 +7,8 @@
 Every diffusers peer runs at each timestep_spacing (and Karras σ where it has them) beside the gDDIM
 variants of `gddim.peers.GDDIM_VARIANTS`. Writes results.json (every run with the noise levels it used and its
 path error against the reference ODE at its own landing time; per NFE each peer's best setting and the ratios
-gDDIM / best peer for gDDIM's default and best variant) and errors.png into the output folder; --overhead writes one JSON file of per-step medians.
+gDDIM / best peer for gDDIM's default and best variant) and errors.png into the output folder; --overhead
+writes one JSON file of per-step medians.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def test_every_trailing_peer_spans_the_same_noise_levels_with_nfe_calls(vp, beta
     run = peers.run_peer(peers.make_peer(name, betas), vp, eps, u_T, 5)
     shared = peers.gddim_grid(vp, 5, "trailing", betas)
     assert run.calls == 5 and len(run.times) == 6
-    # σ-based peers step on float32 σ_k (from float32 ᾱ_n): Δlog ᾱ ≤ 1.2e-7 moves t by ≤ 1.2e-7 / β(1) = 6e-9
+    # σ-based peers step on float32 σ_k: Δlog ᾱ ≤ 1.2e-7 moves t by ≤ 1.2e-7 / β(1) = 6e-9
     np.testing.assert_allclose(run.times, shared, rtol=0, atol=1e-8)
     # float32 ᾱ: the landing and the first call sit within 1e-6 of t_end = 1e-3 and t_start = 1
     assert abs(run.times[-1] - vp.t_end) < 1e-6 and abs(run.times[0] - vp.t_start) < 1e-6
@@ -57,11 +57,12 @@ def test_every_setting_makes_nfe_calls_and_reports_its_levels(vp, betas, name, s
     assert run.calls == nfe and len(run.times) == nfe + 1 and torch.isfinite(run.x).all()
     first = {"trailing": _tau(vp, peers.N_TRAIN - 1), "linspace": _tau(vp, peers.N_TRAIN - 1),
              # diffusers' leading stride: N // NFE for DDIM, N // (NFE + 1) for the multistep schedulers
-             "leading": _tau(vp, nfe * (peers.N_TRAIN // (nfe + 1)) if multistep else (nfe - 1) * (peers.N_TRAIN // nfe)),
+             "leading": _tau(vp, nfe * (peers.N_TRAIN // (nfe + 1)) if multistep
+                             else (nfe - 1) * (peers.N_TRAIN // nfe)),
              "karras": vp.t_start, "karras-zero": vp.t_start}[setting]
     assert run.times[0] == pytest.approx(first, abs=1e-6)
     assert run.times[-1] == (0.0 if setting == "karras-zero" else pytest.approx(vp.t_end, abs=1e-6))
-    # the Karras ramp ends on σ_min itself; DDIM's linspace and leading end on timestep 0: both make the last step σ → σ
+    # the Karras ramp ends on σ_min itself, DDIM's linspace and leading on timestep 0: the last step is σ → σ
     identity = setting == "karras" or (name == "ddim" and setting != "trailing")
     assert (abs(run.times[-2] - run.times[-1]) < 1e-9) == identity
     gaps = peers._gaps(vp, run, peers.gddim_grid(vp, nfe, "trailing", betas))
@@ -145,14 +146,16 @@ def test_benchmark_end_to_end_on_a_few_points(vp):
     """The whole peer benchmark on 12 data points: every run makes exactly NFE calls and carries its noise levels,
     DDIM and gDDIM q=0 agree on the shared grid, and the variants are one list with a named default."""
     data = torch.rand(12, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    variants = [{"name": "q0-shared", "order": 0, "grid": "trailing"}, {"name": "q2-quad", "order": 2, "grid": "quadratic"}]
+    variants = [{"name": "q0-shared", "order": 0, "grid": "trailing"},
+                {"name": "q2-quad", "order": 2, "grid": "quadratic"}]
     result = peers.benchmark(vp, data, nfes=(5,), batch=4, peers=("ddim", "unipc-2"), variants=variants,
                              default="q2-quad", rtol=1e-8, progress=lambda line: None)
     records = result["records"]
     assert len(records) == 2 + 3 + 5 and all(r["model_calls"] == r["nfe"] == 5 for r in records)
     assert all({"t_first_call", "t_last_call", "t_final", "alpha_bar_first_call", "alpha_bar_final"} <= r.keys()
                and r["finite_output"] == (r["path_error"] is not None) for r in records)
-    ddim, q0 = (next(r for r in records if r["sampler"] == s and r["setting"] == "trailing") for s in ("ddim", "q0-shared"))
+    ddim, q0 = (next(r for r in records if r["sampler"] == s and r["setting"] == "trailing")
+                for s in ("ddim", "q0-shared"))
     # diffusers keeps ᾱ in float32: the two agree to float32 accuracy, not to float64
     assert abs(ddim["path_error"] - q0["path_error"]) < 1e-5
     zero = next(r for r in records if r["setting"] == "karras-zero")

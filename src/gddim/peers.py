@@ -84,7 +84,8 @@ def make_peer(name: str, betas: np.ndarray, setting: str = "trailing"):
     if name.startswith("deis-"):
         return diffusers.DEISMultistepScheduler(**c, solver_order=int(name[-1]))
     if name.startswith("dpm++"):
-        return diffusers.DPMSolverMultistepScheduler(**c, **sigmas, algorithm_type="dpmsolver++", solver_order=int(name[-2]))
+        return diffusers.DPMSolverMultistepScheduler(**c, **sigmas, algorithm_type="dpmsolver++",
+                                                     solver_order=int(name[-2]))
     if name.startswith("unipc-"):
         return diffusers.UniPCMultistepScheduler(**c, **sigmas, solver_order=int(name[-1]))
     raise ValueError(f"unknown peer {name!r}; choose one of {PEERS}")
@@ -145,8 +146,9 @@ def _log_snr(process: VP, t) -> np.ndarray:
 def _levels(process: VP, times: np.ndarray) -> dict:
     ab = np.exp(process.log_alpha_bar(np.asarray(times, dtype=np.float64)))
     return {"t_first_call": float(times[0]), "t_last_call": float(times[-2]), "t_final": float(times[-1]),
-            "alpha_bar_first_call": float(ab[0]), "alpha_bar_last_call": float(ab[-2]), "alpha_bar_final": float(ab[-1]),
-            "t_final_minus_t_end": float(times[-1] - process.t_end), "lands_at_t_end": bool(abs(times[-1] - process.t_end) <= SAME_END)}
+            "alpha_bar_first_call": float(ab[0]), "alpha_bar_last_call": float(ab[-2]),
+            "alpha_bar_final": float(ab[-1]), "t_final_minus_t_end": float(times[-1] - process.t_end),
+            "lands_at_t_end": bool(abs(times[-1] - process.t_end) <= SAME_END)}
 
 
 class References:
@@ -204,10 +206,12 @@ def benchmark(process: VP, data: torch.Tensor, nfes=NFES, batch: int = 256, seed
 
     def record(sampler: str, family: str, setting: str, nfe: int, x, times, extra: dict):
         finite = bool(torch.isfinite(x).all())  # a failed run keeps its record, with errors None
-        errors = {"path_error": rms_error(x, refs.at(times[-1])), "path_error_vs_t_end_reference": rms_error(x, refs.x_end),
+        errors = {"path_error": rms_error(x, refs.at(times[-1])),
+                  "path_error_vs_t_end_reference": rms_error(x, refs.x_end),
                   "data_error": data_error(x, data)} if finite else dict.fromkeys(ERRORS)
         records.append({"sampler": sampler, "family": family, "setting": setting, "nfe": nfe,
-                        "model_calls": eps_fn.reset(), "finite_output": finite, **errors, **_levels(process, times), **extra})
+                        "model_calls": eps_fn.reset(), "finite_output": finite, **errors, **_levels(process, times),
+                        **extra})
         progress(f"{sampler:>18} {setting:>11} nfe {nfe:3d}: path {errors['path_error']}  data {errors['data_error']}")
 
     for nfe in nfes:
@@ -245,7 +249,9 @@ def _best(rows: list[dict], metric: str) -> dict | None:
 
 
 def _entry(record: dict | None, metric: str) -> dict | None:
-    return None if record is None else {"sampler": record["sampler"], "setting": record["setting"], "error": record[metric]}
+    if record is None:
+        return None
+    return {"sampler": record["sampler"], "setting": record["setting"], "error": record[metric]}
 
 
 def _ratio(ours: dict | None, peer: dict | None, metric: str) -> float | None:
