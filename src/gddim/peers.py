@@ -212,7 +212,8 @@ def benchmark(process: VP, data: torch.Tensor, nfes=NFES, batch: int = 256, seed
         records.append({"sampler": sampler, "family": family, "setting": setting, "nfe": nfe,
                         "model_calls": eps_fn.reset(), "finite_output": finite, **errors, **_levels(process, times),
                         **extra})
-        progress(f"{sampler:>18} {setting:>11} nfe {nfe:3d}: path {errors['path_error']}  data {errors['data_error']}")
+        shown = {k: "non-finite" if v is None else f"{v:.3e}" for k, v in errors.items()}
+        progress(f"{sampler:>18} {setting:>11} nfe {nfe:3d}: path {shown['path_error']}  data {shown['data_error']}")
 
     for nfe in nfes:
         shared = gddim_grid(process, nfe, "trailing", betas)
