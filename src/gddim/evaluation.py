@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .data import load_images
+from .errors import SettingsError
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
 from .processes import LinearProcess
@@ -42,14 +43,14 @@ class Sampler:
         for option in options:
             key, eq, value = option.partition("=")
             if not eq or key not in SAMPLER_KEYS:
-                raise ValueError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
+                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
                                  "e.g. gddim:q=2 or gddim:lam=0.5")
             values[SAMPLER_KEYS[key]] = value
         try:
             return cls(method, int(values.get("order", 0)),
                        float(values["lam"]) if "lam" in values else None, values.get("parameterization", "R"))
         except ValueError:
-            raise ValueError(f"bad number in sampler spec {spec!r}") from None
+            raise SettingsError(f"bad number in sampler spec {spec!r}") from None
 
     @property
     def label(self) -> str:
@@ -74,7 +75,7 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
                   device=None, progress: bool = False) -> torch.Tensor:
     """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise."""
     if n < 1 or batch < 1:
-        raise ValueError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+        raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
     weight = next(model.parameters())
     device = torch.device(device) if device is not None else weight.device
     model = model.to(device).eval()

@@ -32,6 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .data import make_loader
+from .errors import CheckpointError, SettingsError, TrainingError
 from .networks import EpsModel, NetworkConfig
 from .processes import LinearProcess, process_from_config
 
@@ -40,14 +41,6 @@ VERSION = 1
 WEIGHTS, CONFIG, STATE, LATEST = "weights.safetensors", "config.json", "state.pt", "LATEST"
 # settings that may change when a run is resumed: they do not alter the sequence of updates
 RESUMABLE = ("steps", "ckpt_every", "sample_every", "sample_nfe")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names the step and the last checkpoint."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or does not fit what it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +62,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.ckpt_every < 1 or self.sample_every < 0:
-            raise ValueError("steps, batch_size and ckpt_every must be positive, sample_every non-negative")
+            raise SettingsError("steps, batch_size and ckpt_every must be positive, sample_every non-negative")
         if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("need lr > 0, warmup >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
+            raise SettingsError("need lr > 0, warmup >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
         if self.sample_nfe < 4:  # checked now, not at the end of training: the grids sample with gDDIM q = 2
-            raise ValueError(f"sample_nfe must be at least 4 (the sample grids use gDDIM q = 2), got {self.sample_nfe}")
+            raise SettingsError(f"sample_nfe must be at least 4 (the sample grids use gDDIM q = 2), got {self.sample_nfe}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from lr/warmup to lr over the first `warmup` steps, then constant (MATH §6.1)."""
