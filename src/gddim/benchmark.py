@@ -33,11 +33,8 @@ from .exact import exact_eps
 from .grids import steps_for_nfe
 from .processes import PROCESSES, LinearProcess, make_process
 from .sampling import EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
+from .sweeps import COEFFICIENT_NFES, NFES, QUICK, REFERENCE_RTOL
 
-NFES = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
-REFERENCE_RTOL = 1e-10  # the reference ODE is also solved at half of it: the difference is reported
-QUICK = {"batch": 16, "nfes": (5, 10, 20, 50), "rtol": 1e-8}  # the smoke-test size of `gddim bench exact --quick`
-COEFFICIENT_NFES = (10, 50, 100, 500, 1000)
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
 L_VS_R_NFES = (10, 20, 50)
 SMALL_NFES = (5, 10, 20)

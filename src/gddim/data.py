@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .errors import DataError, SettingsError
 
+BUILT_IN_DATA = ("digits", "fashion-mnist")  # read from installed packages; every other source is a path
 DIGITS_TRAIN_SIZE = 1500
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "GDDIM_FASHION_MNIST_DIR"

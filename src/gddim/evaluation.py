@@ -140,30 +140,29 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 
-def real_reference(checkpoint: Checkpoint) -> torch.Tensor:
-    """The training images the checkpoint's data record names."""
-    data = checkpoint.meta.get("data", {})
-    if "source" not in data:
-        raise ValueError(f"{checkpoint.path} does not record its data source; pass the real images explicitly")
-    return load_images(data["source"], "train", data.get("image_size"))
+def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Tensor:
+    """The training images: `data` if given, else the built-in data set the checkpoint names (never a recorded path)."""
+    source, image_size = checkpoint.data_source(data)
+    return load_images(source, "train", image_size)
 
 
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True) -> dict:
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
     With inception (a local weights file of torch-fidelity's Inception) it is standard FID of n samples
     against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
+    data names the training images when the checkpoint was trained on a path (see Checkpoint.data_source).
     Writes (if out_dir is given) metrics.json and quality_vs_nfe.png (unless save_metrics is False) and under
     grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes when given).
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
     samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
-    real = real_reference(checkpoint) if real is None else real
+    real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
             raise FileNotFoundError(f"Inception weights {inception} do not exist")
