@@ -107,8 +107,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 32) -> Path:
-    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest) to at least min_size."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48) -> Path:
+    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
+    least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
     pixels = to_uint8(images)
