@@ -168,6 +168,18 @@ def test_step_must_match_the_folder_name(copy):
         load_checkpoint(copy)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"process": None}, 'lacks its "process" record'),
+    ({"process": {"process": "vp", "colour": 1}}, "its process {'process': 'vp', 'colour': 1} cannot be built"),
+    ({"network": {"config": {}}}, "its network record cannot be built (KeyError('data_channels'))"),
+])
+def test_a_config_made_by_hand_is_one_line(copy, change, message, capsys):
+    config = copy / "checkpoints" / "step_00000001" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    err = _one_line_error(["sample", str(copy), "--out", str(copy / "s"), "--n", "2", "--nfe", "4"], capsys)
+    assert str(copy / "checkpoints" / "step_00000001") in err and message in err
+
+
 def _record_data(run: Path, source: str) -> None:
     config = run / "checkpoints" / "step_00000001" / "config.json"
     meta = json.loads(config.read_text())

@@ -32,5 +32,9 @@ class SamplerError(GddimError, RuntimeError):
     """The ε-model misbehaved during sampling (NaN, wrong shape)."""
 
 
+class DependencyError(GddimError, ModuleNotFoundError):
+    """An optional package that a requested feature needs is not installed; the message says how to install it."""
+
+
 class NetworkConfigError(GddimError, ValueError):
     """A network size that UNet2DModel cannot build for the given images."""

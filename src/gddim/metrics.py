@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-from .errors import SettingsError
+from .errors import DependencyError, SettingsError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -155,7 +155,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
         raise FileNotFoundError(f"Inception weights {weights_path} do not exist; pass a local copy of "
                                 f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ModuleNotFoundError(
+        raise DependencyError(
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "
             f"the path of a local {INCEPTION_WEIGHTS_FILE} as the weights path"
         )

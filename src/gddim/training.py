@@ -255,6 +255,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{folder / CONFIG} is not a gddim checkpoint (no \"format\": \"{FORMAT}\")")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{folder} has checkpoint version {meta.get('version')}; this gddim reads {VERSION}")
+    for record in ("process", "network"):
+        if not isinstance(meta.get(record), dict):
+            raise CheckpointError(f"{folder / CONFIG} lacks its \"{record}\" record")
     step, named = meta.get("step"), CHECKPOINT_NAME.fullmatch(folder.name)
     if type(step) is not int or step < 0:
         raise CheckpointError(f"{folder / CONFIG}: \"step\" must be a non-negative integer, got {step!r}")
