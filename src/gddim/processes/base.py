@@ -29,6 +29,7 @@ class LinearProcess:
     t_end = 1e-3  # default last time of sampling
     denoise = False  # one final noise-free reverse-SDE Euler step to t = 0 (CLD, MATH §4.2)
     t_train_min = 1e-5
+    t_max = 1.0  # the last time the process is defined at; training draws t in [t_train_min, t_max]
 
     @property
     def modes(self) -> int:
