@@ -449,3 +449,28 @@ def test_config_rebuilds_the_same_process(process):
 def test_unknown_process_in_config_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown process 'ddpm' in config; known: \['bdm', 'cld', 'vp', 'vp-discrete'\]"):
         gddim.process_from_config({"process": "ddpm"})
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: gddim.VP(beta_min=-1.0), r"^VP needs 0 <= beta_min < beta_max \(β\(t\) >= 0\); got beta_min=-1\.0$"),
+    (lambda: gddim.VP(beta_max=math.inf), r"^VP needs 0 <= beta_min < beta_max \(beta_min=0\.1\); got beta_max=inf$"),
+    (lambda: gddim.VP(schedule="cosine", cosine_s=-0.01), r"^VP needs cosine_s >= 0 .*; got cosine_s=-0\.01$"),
+    (lambda: gddim.CLD(m_inv=0.0), r"^CLD needs m_inv > 0 \(M⁻¹, the inverse mass\); got m_inv=0\.0$"),
+    (lambda: gddim.CLD(m_inv=math.nan), r"^CLD needs m_inv > 0 .*; got m_inv=nan$"),
+    (lambda: gddim.CLD(gamma=-0.1), r"^CLD needs gamma >= 0 .*; got gamma=-0\.1$"),
+    (lambda: gddim.CLD(eps_num=-1e-6), r"^CLD needs eps_num >= 0; got eps_num=-1e-06$"),
+    (lambda: gddim.CLD(beta_0=-4.0), r"^CLD needs β\(0\) = beta_0 > 0; got beta_0=-4\.0$"),
+    (lambda: gddim.CLD(beta_1=-4.0), r"^CLD needs β\(1\) = beta_0 \+ beta_1 > 0 \(beta_0=4\.0\); got beta_1=-4\.0$"),
+    (lambda: gddim.BDM(image_size=0), r"^BDM needs image_size a positive integer or a pair \(H, W\) of them; got 0$"),
+    (lambda: gddim.BDM(image_size=(4, 4, 4)), r"pair \(H, W\) of them; got \(4, 4, 4\)$"),
+    (lambda: gddim.BDM(image_size=8.0), r"pair \(H, W\) of them; got 8\.0$"),
+    (lambda: gddim.BDM(sigma_blur_max=-1.0), r"^BDM needs sigma_blur_max >= 0; got sigma_blur_max=-1\.0$"),
+    (lambda: gddim.BDM(min_scale=0.0), r"^BDM needs 0 < min_scale <= 1; got min_scale=0\.0$"),
+    (lambda: gddim.BDM(offset=-0.004), r"^BDM needs offset >= 0 .*; got offset=-0\.004$"),
+], ids=["vp-beta-min", "vp-beta-max", "vp-cosine-s", "cld-m-inv", "cld-m-inv-nan", "cld-gamma", "cld-eps-num",
+        "cld-beta-0", "cld-beta-1", "bdm-size-0", "bdm-size-3d", "bdm-size-float", "bdm-sigma-blur", "bdm-min-scale",
+        "bdm-offset"])
+def test_nonsense_process_parameters_are_refused(build, message):
+    """A parameter outside its valid range is a ValueError naming it, its value and the rule."""
+    with pytest.raises(ValueError, match=message):
+        build()
