@@ -91,9 +91,10 @@ class TrainResult:
 
 def diffusion_loss(process: LinearProcess, model: Callable, x0: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """mean (ε_θ(u_t, t) - z)² with u_t = mean_coef(t) u_0 + R_t z and t ~ U[t_train_min, 1] (MATH §6)."""
-    t_min = process.t_train_min
-    t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    """mean (ε_θ(u_t, t) - z)² with u_t = mean_coef(t) u_0 + R_t z and t ~ U[t_train_min, t_max] (MATH §6; t_max = 1
+    but for a LinearSDE defined on a shorter range)."""
+    t_min, t_max = process.t_train_min, process.t_max
+    t = t_min + (t_max - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
     u_t, z = process.perturb(x0, t, generator=generator)
     return (model(u_t, t) - z).pow(2).mean()
 
