@@ -109,7 +109,7 @@ def from_unit(w: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
 
 def tuned_grid(process: LinearProcess, n_steps: int, t_start: float, t_end: float) -> np.ndarray:
     """The shipped tuned grid of `process`'s kind with n_steps steps, mapped to [t_end, t_start]."""
-    record, grids = _tuned_defaults(process.name)
+    record, grids = _tuned_defaults(process.config()["process"])  # a LinearSDE's own name may be any word
     own_start, own_end = record["process"]["t_start"], record["process"]["t_end"]
     if n_steps in grids:
         w = to_unit(grids[n_steps], own_start, own_end)

@@ -46,6 +46,11 @@ class StepCosts:
         """The best grid of n_steps steps from times[0] to times[-1] (decreasing times)."""
         return self.times[shortest_path(self.costs, n_steps)]
 
+    def path_cost(self, n_steps: int) -> float:
+        """The summed step cost of grid(n_steps)."""
+        path = shortest_path(self.costs, n_steps)
+        return float(self.costs[path[:-1], path[1:]].sum())
+
 
 def shortest_path(costs: np.ndarray, n_edges: int) -> np.ndarray:
     """Node indices 0 = i_0 < ... < i_n = K-1 of the path of exactly n_edges edges with the least summed cost."""
@@ -125,6 +130,15 @@ def model_step_costs(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, c
     return StepCosts(times, costs, len(u_T), calls + model.calls, time.perf_counter() - began)
 
 
+def tuned_steps(process: LinearProcess, nfe: int, candidates: int, denoise: bool | None = None) -> int:
+    """The integrator steps of `nfe`, refused before any work when the candidates cannot hold them."""
+    n_steps = steps_for_nfe(process, nfe, denoise)
+    if n_steps > candidates - 1:
+        raise ValueError(f"nfe={nfe} needs {n_steps} steps, more than {candidates} candidate times allow; "
+                         f"use candidates >= {n_steps + 1}")
+    return n_steps
+
+
 def tune_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, candidates: int = CANDIDATES,
               denoise: bool | None = None, t_start: float | None = None, t_end: float | None = None,
               rtol: float = TEACHER_RTOL, progress: bool = False) -> np.ndarray:
@@ -132,8 +146,5 @@ def tune_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int
 
     Pass it as sample(..., nfe, grid=times), or store it with gddim.grid_files (gddim tune-grid does both).
     """
-    n_steps = steps_for_nfe(process, nfe, denoise)
-    if n_steps > candidates - 1:
-        raise ValueError(f"nfe={nfe} needs {n_steps} steps, more than {candidates} candidate times allow; "
-                         f"use candidates >= {n_steps + 1}")
+    n_steps = tuned_steps(process, nfe, candidates, denoise)
     return model_step_costs(process, eps_fn, u_T, candidates, t_start, t_end, rtol, progress).grid(n_steps)
