@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=64, help="prior samples to tune on (default 64)")
     p.add_argument("--candidates", type=int, help="candidate times, uniform in log-SNR (default 80)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default 0)")
-    p.add_argument("--rtol", type=float, help="tolerance of the accurate ODE solve (default 1e-7)")
+    p.add_argument("--rtol", type=float, help="tolerance of the accurate ODE solve (default 1e-5)")
     p.add_argument("--device", help="cpu, cuda, ... (default: where the checkpoint's network loads, the CPU)")
     p.set_defaults(run=run)
 
