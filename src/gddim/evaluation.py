@@ -72,8 +72,10 @@ class Sampler:
 
 def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim", order: int = 0,
                   lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
-                  device=None, progress: bool = False) -> torch.Tensor:
-    """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise."""
+                  device=None, progress: bool = False, grid="quadratic") -> torch.Tensor:
+    """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise.
+
+    grid: any grid of gddim.sample, e.g. "tuned" or the path of a grid file from gddim tune-grid."""
     if n < 1 or batch < 1:
         raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
     weight = next(model.parameters())
@@ -87,18 +89,18 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
             # a half-precision network still gets a float32 state: the recursion's cancellations need it
             u_T = process.prior_sample(shape, generator=generator, dtype=torch.promote_types(weight.dtype, torch.float32),
                                        device=device)
-            out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization,
+            out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization, grid=grid,
                               generator=generator, progress=progress).cpu())
     return torch.cat(out)
 
 
 def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50, order: int = 0,
                            lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
-                           device=None, progress: bool = False) -> torch.Tensor:
+                           device=None, progress: bool = False, grid="quadratic") -> torch.Tensor:
     """Samples of the checkpoint's EMA network with any sampler of gddim.sample."""
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     return sample_images(checkpoint.process(), checkpoint.network("ema", device), n, nfe, method, order, lam,
-                         parameterization, seed, batch, device, progress)
+                         parameterization, seed, batch, device, progress, grid)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -150,7 +152,7 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True, data: str | None = None) -> dict:
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic") -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
@@ -159,6 +161,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     data names the training images when the checkpoint was trained on a path (see Checkpoint.data_source).
     Writes (if out_dir is given) metrics.json and quality_vs_nfe.png (unless save_metrics is False) and under
     grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes when given).
+    grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
@@ -178,14 +181,14 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
         score = lambda fake: frechet_distance(reference, fake, feature_net)
     for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
         for nfe in nfes:
-            check_sampler(process, nfe, **sampler.options())
+            check_sampler(process, nfe, **sampler.options(), grid=grid)
     records = []
     for sampler in samplers:
         for nfe in nfes:
             began = time.perf_counter()
             record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": int(nfe)}
             try:
-                fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch)
+                fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid)
             except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
                 fake, record["error"] = None, str(err)
             record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
@@ -198,7 +201,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
                 save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
     result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
               "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
-              "seed": seed, "floor": floor, "records": records}
+              "seed": seed, "grid": str(grid), "floor": floor, "records": records}
     if out_dir is not None and save_metrics:
         save_metrics_and_plot(result, Path(out_dir))
     return result

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from .errors import SettingsError
+from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
-GRIDS = ("quadratic", "uniform", "logsnr")
+GRIDS = ("quadratic", "uniform", "logsnr", "tuned")
 
 
 def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.ndarray:
@@ -33,7 +37,10 @@ def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: i
 
 def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: float | None = None,
               t_end: float | None = None) -> np.ndarray:
-    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` may also be an explicit sequence."""
+    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` is one of GRIDS or an explicit sequence of times.
+
+    "tuned" is the shipped grid tuned on exact scores (gddim.grid_files); grid files are read by resolve_grid.
+    """
     if not isinstance(grid, str):
         if t_start is not None or t_end is not None:
             raise SettingsError("an explicit grid sets its own end points: leave t_start and t_end unset")
@@ -56,7 +63,24 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         return power_grid(t_start, t_end, n_steps, 1.0)
     if grid == "logsnr":
         return logsnr_grid(process, t_start, t_end, n_steps)
-    raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS} or pass a sequence of times")
+    if grid == "tuned":
+        return tuned_grid(process, n_steps, t_start, t_end)
+    raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS}, a grid file or a sequence of times")
+
+
+def is_grid_file(grid) -> bool:
+    """Whether `grid` names a file rather than a grid (a named grid or an explicit sequence of times)."""
+    return isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid not in GRIDS)
+
+
+def resolve_grid(process: LinearProcess, grid, nfe: int):
+    """The times of a grid file (checked against the process and the NFE); any other grid as it is."""
+    if not is_grid_file(grid):
+        return grid
+    path = Path(grid).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"unknown grid {str(grid)!r}: neither one of {GRIDS} nor an existing grid file")
+    return grid_file_times(path, process, nfe)
 
 
 def steps_for_nfe(process: LinearProcess, nfe: int, denoise: bool | None = None) -> int:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import blocks, coefficients
 from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
-from .grids import steps_for_nfe, time_grid
+from .grids import resolve_grid, steps_for_nfe, time_grid
 from .processes import CLD, LinearProcess
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,6 +50,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
          parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None) -> Recursion:
     """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process."""
+    grid = resolve_grid(process, grid, nfe)
     lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise)
     if method == "sscs":
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
@@ -72,6 +73,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
 def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
                   parameterization: str = "R", grid="quadratic", denoise: bool | None = None) -> tuple[float, bool, int]:
     """Refuse impossible sampler settings before any work; returns (λ, denoise, integrator steps)."""
+    grid = resolve_grid(process, grid, nfe)
     lam = _default_lam(method, lam)
     _check_options(process, method, order, lam, parameterization)
     if method == "sscs" and lam != 1.0:
@@ -126,6 +128,11 @@ class _Model:
         return self.process.to_basis(eps.to(u.dtype))
 
 
+def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> _Model:
+    """The checked model for float64 states on the CPU (scipy's side), evaluated on the model's device."""
+    return _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
+
+
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
@@ -159,8 +166,10 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     method: "gddim" (order q in 0..3, lam λ in [0, 1] with λ > 0 at q = 0, parameterization "R" or "L"),
     "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family, λ = 1 by default),
     "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
-    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr" or an explicit decreasing sequence of times.
+    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "tuned" (tuned on exact scores, shipped with
+    gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
     """
+    grid = resolve_grid(process, grid, nfe)
     if method == "sscs":
         check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise)
         u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress)
@@ -219,14 +228,25 @@ def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_st
 
     The yardstick for path errors: halve rtol to see how far it is from the exact solution.
     """
-    process.check_state(u_T, "u_T")
     t_start = process.t_start if t_start is None else t_start
     t_end = process.t_end if t_end is None else t_end
     denoise = process.denoise if denoise is None else denoise
-    # scipy integrates on the host: the state lives on the CPU, the model sees it on u_T's device
-    device = u_T.device
+    u = probability_flow(process, eps_fn, u_T, t_start, t_end, rtol=rtol, atol=atol)[-1].to(u_T.device)
+    if denoise:
+        u = run_recursion(process, lambda v, t: eps_fn(v, t).to(torch.float64), u, coefficients.denoising_step(process, t_end))
+    u = u.to(u_T.dtype)
+    return u if return_state else process.state_to_data(u)
+
+
+def probability_flow(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_start: float, t_end: float,
+                     t_eval: np.ndarray | None = None, rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
+    """States (n, B, k*C, H, W), float64 on the CPU, of the probability-flow ODE from u_T at t_start, solved by DOP853.
+
+    n = len(t_eval) states at the times t_eval (DOP853's 7th-order dense output), or without t_eval the one at t_end.
+    """
+    process.check_state(u_T, "u_T")
     y0 = process.to_basis(u_T.detach().to("cpu", torch.float64))
-    model = _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
+    model = host_model(process, eps_fn, u_T.device)
 
     def rhs(t, flat):
         y = torch.from_numpy(flat).reshape(y0.shape)
@@ -234,11 +254,8 @@ def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_st
         drift = process.blocks(0.5 * process.GGT(t)[0] @ np.linalg.inv(process.R(t)[0]).transpose(0, 2, 1), y)
         return (blocks.apply(f, y) + blocks.apply(drift, model(y, t, model.calls))).ravel().numpy()
 
-    sol = solve_ivp(rhs, (t_start, t_end), y0.ravel().numpy(), method="DOP853", rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (t_start, t_end), y0.ravel().numpy(), method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"reference ODE failed: {sol.message}")
-    u = process.from_basis(torch.from_numpy(sol.y[:, -1]).reshape(y0.shape)).to(device)
-    if denoise:
-        u = run_recursion(process, lambda v, t: eps_fn(v, t).to(torch.float64), u, coefficients.denoising_step(process, t_end))
-    u = u.to(u_T.dtype)
-    return u if return_state else process.state_to_data(u)
+    states = torch.from_numpy(sol.y.T if t_eval is not None else sol.y[:, -1:].T)
+    return process.from_basis(states.reshape(-1, *y0.shape[1:])).reshape(len(states), *u_T.shape)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("bench", "train", "invert")
+COMMAND_MODULES = ("bench", "train", "invert", "tune_grid")
 
 
 def build_parser() -> argparse.ArgumentParser:

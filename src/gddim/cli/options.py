@@ -13,7 +13,7 @@ from pathlib import Path
 
 PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
-GRID_NAMES = ("quadratic", "uniform", "logsnr")  # gddim.grids.GRIDS
+GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
 SAMPLER_METHODS = ("gddim", "euler", "em", "ancestral", "sscs")  # gddim.sampling.METHODS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")

@@ -147,10 +147,16 @@ def _sampler_options(p) -> None:
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
 
 
+def _grid_option(p) -> None:
+    p.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, logsnr, tuned (shipped, "
+                   "tuned on exact scores) or a grid file from `gddim tune-grid` (tuned for this model and NFE)")
+
+
 def _sample_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample a checkpoint: PNG grid and .npz")
     p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     _sampler_options(p)
+    _grid_option(p)
     p.add_argument("--nfe", type=positive, default=50)
     p.add_argument("--n", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
@@ -167,10 +173,10 @@ def _run_sample(args) -> int:
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device)
+                               args.seed, args.batch, args.device, grid=args.grid)
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
-                                        args.param, args.seed, args.batch, args.device)
+                                        args.param, args.seed, args.batch, args.device, grid=args.grid)
     prefix = Path(args.out)
     grid = save_grid(images[:256], prefix.with_name(prefix.name + ".png"))
     npz = save_npz(images, prefix.with_name(prefix.name + ".npz"))
@@ -186,6 +192,7 @@ def _evaluate_parser(subparsers) -> None:
     p.add_argument("--samplers", type=sampler_list, default=["gddim:q=2", "em"],
                    help='comma-separated specs method[:q=N][:lam=X][:param=L], e.g. "gddim:q=2,gddim:lam=1,em"')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
+    _grid_option(p)
     p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
@@ -203,7 +210,7 @@ def _run_evaluate(args) -> int:
 
     result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
                       out_dir=args.out, inception=args.inception, device=args.device, progress=True,
-                      data=args.data and data_source(args.data))
+                      data=args.data and data_source(args.data), grid=args.grid)
     floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
     return 0

@@ -1,0 +1,62 @@
+"""Make the tuned default grids shipped in src/gddim/tuned/<process>.json (grid="tuned").
+
+For VP, CLD and BDM with default parameters: the exact ε of the 8x8 digits (train and test, 1797 images),
+B prior samples drawn with a fixed seed, one gddim.tuning.model_step_costs run, then the best grid for every
+step count 1..MAX_STEPS. Deterministic: rerunning it rewrites the same files (up to BLAS round-off).
+
+    python benchmarks/tune_default_grids.py [--batch 256] [--candidates 120] [--max-steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import gddim
+from gddim.benchmark import benchmark_images
+from gddim.grid_files import TUNED_DIR, TUNED_FORMAT, VERSION
+from gddim.processes import make_process
+from gddim.training import atomic_write_text
+from gddim.tuning import CANDIDATE_GRID, model_step_costs
+
+PROCESSES = ("vp", "cld", "bdm")
+DATASET = "digits"
+SEED = 0
+RTOL = 1e-7  # exact float64 scores: the teacher can be solved tighter than a network's
+
+
+def tuned_record(name: str, batch: int, candidates: int, max_steps: int) -> dict:
+    data = benchmark_images(DATASET)
+    process = make_process(name, tuple(data.shape[-2:]))
+    u_T = process.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(SEED),
+                               dtype=torch.float64)
+    costs = model_step_costs(process, gddim.exact_eps(process, data), u_T, candidates, rtol=RTOL, progress=True)
+    grids = {str(n): costs.grid(n).tolist() for n in range(1, max_steps + 1)}
+    tuned_on = {"data": f"{DATASET} (train and test, {len(data)} images), exact ε", "batch": batch, "seed": SEED,
+                "candidates": candidates, "candidate_grid": CANDIDATE_GRID, "rtol": RTOL,
+                "model_calls": costs.model_calls, "seconds": round(costs.seconds, 1),
+                "cost": "RMS local error of one gDDIM q=0 step, summed over the steps",
+                "command": "python benchmarks/tune_default_grids.py"}
+    return {"format": TUNED_FORMAT, "version": VERSION, "process": process.config(), "tuned_on": tuned_on,
+            "grids": grids}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--candidates", type=int, default=120)
+    parser.add_argument("--max-steps", type=int, default=40)
+    args = parser.parse_args()
+    TUNED_DIR.mkdir(exist_ok=True)
+    for name in PROCESSES:
+        record = tuned_record(name, args.batch, args.candidates, args.max_steps)
+        path = Path(TUNED_DIR) / f"{name}.json"
+        atomic_write_text(path, json.dumps(record, indent=None) + "\n")
+        print(f"{name}: {record['tuned_on']['model_calls']} model calls, {record['tuned_on']['seconds']} s -> {path}")
+
+
+if __name__ == "__main__":
+    main()
