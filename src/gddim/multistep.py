@@ -55,20 +55,26 @@ def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
 
 
 def hat_psi_pairs(process: LinearProcess, tau: np.ndarray, s: np.ndarray, lam: float, span: tuple[float, float]):
-    """Ψ̂^λ(s,τ) for many pairs (n,): closed forms where they exist, else Φ(s)Φ(τ)⁻¹ from ONE solve of
-    Φ' = F̂^λ Φ over the grid's span (DOP853, rtol 1e-11), not one solve per pair."""
+    """Ψ̂^λ(s,τ) for many pairs (n,): closed forms where they exist, else from ONE solve over the grid's span.
+
+    With Φ = R Y, Φ' = F̂^λ Φ becomes Y' = (λ²/2) R⁻¹GGᵀR⁻ᵀ Y (R' = FR + ½GGᵀR⁻ᵀ takes the rest), a gentler ODE
+    than Φ's, and Ψ̂^λ(s,τ) = R_s Y_s Y_τ⁻¹ R_τ⁻¹ (λ = 0: Y = I).
+    """
     if lam in (0, 1) or process.k == 1:
         return hat_psi(process, tau, s, lam)
-    m, k, weight = process.modes, process.k, (1 + lam**2) / 2
+    m, k = process.modes, process.k
 
-    def rhs(time, x):
-        f_hat = process.F(time)[0] + weight * blocks.transpose(np.linalg.solve(process.sigma(time)[0], process.GGT(time)[0]))
-        return (f_hat @ x.reshape(m, k, k)).ravel()
+    def rhs(log_time, y):  # in log τ: the rate grows like 1/τ near τ = 0, so steps stay even
+        time = np.exp(log_time)
+        r_inv = np.linalg.inv(process.R(time)[0])
+        rate = 0.5 * lam**2 * time * r_inv @ process.GGT(time)[0] @ blocks.transpose(r_inv)
+        return (rate @ y.reshape(m, k, k)).ravel()
 
-    sol = solve_ivp(rhs, span, blocks.eye(m, k).ravel(), method="DOP853", rtol=1e-11, atol=1e-14, dense_output=True)
+    sol = solve_ivp(rhs, np.log(span), blocks.eye(m, k).ravel(), method="DOP853", rtol=1e-9, atol=1e-12,
+                    dense_output=True)
     if not sol.success:
         raise RuntimeError(f"the Ψ̂^λ ODE failed: {sol.message}")
-    phi = lambda x: sol.sol(x).T.reshape(-1, m, k, k)
+    phi = lambda x: process.R(x) @ sol.sol(np.log(x)).T.reshape(-1, m, k, k)
     return blocks.solve_right(phi(s), phi(tau))
 
 
@@ -81,9 +87,9 @@ def _kernel(process: LinearProcess, prediction: str, lam: float, t, s, tau, span
         at_t, at_s = A @ process.R(t), process.R(s)
         inner = process.psi(s_rep, flat) @ process.R(flat)
     else:
-        A = hat_psi(process, t, s, lam)
+        hat = hat_psi_pairs(process, np.concatenate([t, flat]), np.concatenate([s, s_rep]), lam, span)
+        A, inner = hat[:n], hat[n:] @ process.mean_coef(flat)
         at_t, at_s = A @ process.mean_coef(t), process.mean_coef(s)
-        inner = hat_psi_pairs(process, flat, s_rep, lam, span) @ process.mean_coef(flat)
     return A, at_t, at_s, inner.reshape(n, p, *A.shape[1:])
 
 
