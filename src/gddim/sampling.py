@@ -35,8 +35,9 @@ def check_order_and_lam(order: int, lam: float, order_name: str = "order q", pre
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"λ (lam) must lie in [0, 1], got {lam}")
     if lam > 0 and order > 0 and prediction != "data":
-        raise ValueError(f"stochastic gDDIM (lam > 0) with {order_name.split()[0]} > 0 extrapolates the data "
-                         "prediction (FAST §6): pass prediction='data', or use q = 0")
+        name = order_name.split()[0]
+        raise ValueError(f"stochastic gDDIM (lam > 0) with {name} > 0 extrapolates the data prediction (FAST §6): "
+                         f"pass prediction='data', or use {name}=0")
 
 
 @dataclass(frozen=True)
