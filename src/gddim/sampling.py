@@ -156,18 +156,19 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
     if fast.final_step == "data" and denoise:
         raise ValueError("final_step='data' replaces the denoising step: leave denoise unset or False")
     denoise = (process.denoise if denoise is None else denoise) and fast.final_step != "data"
-    n_steps = _steps(process, nfe, grid, denoise or fast.final_step == "data")
+    final_data = fast.final_step == "data"
+    n_steps = _steps(process, nfe, grid, denoise or final_data, "final data" if final_data else "denoising")
     if method == "gddim" and n_steps < order + 1:
         raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
     return lam, denoise, n_steps
 
 
-def _steps(process: LinearProcess, nfe: int, grid, denoise: bool) -> int:
+def _steps(process: LinearProcess, nfe: int, grid, denoise: bool, last: str = "denoising") -> int:
     """Integrator steps for an NFE budget; an explicit grid must spend exactly that budget."""
     n_steps = steps_for_nfe(process, nfe, denoise)
     if not isinstance(grid, str) and len(grid) - 1 != n_steps:
         raise ValueError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
-                         + (" (plus the final denoising or data step)" if denoise else ""))
+                         + (f" (plus the {last} step)" if denoise else ""))
     return n_steps
 
 
