@@ -46,6 +46,8 @@ class Multistep:
 
     prediction: "eps" (history of ε, the paper's) or "data" (history of the data prediction x̂, DPM-Solver++'s form).
     corrector: redo each step with the model output at its end (UniPC's corrector; no extra model call).
+        Use it with prediction="data" on CLD and BDM: in the ε form the next step's A = Ψ(s,t) amplifies the
+        correction (up to 4e4 on BDM's blurred modes); measured path errors 10-1e4x worse than without.
     interpolation: the variable the history is a polynomial in: "t", "sqrt_t" or "logsnr".
     lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second order.
     final_step: "integrate" (end at t_end; CLD then takes its denoising step) or "data" (one more model call
