@@ -16,6 +16,7 @@ from scipy.integrate import solve_ivp
 from . import blocks
 from .coefficients import (Recursion, _history_nodes, by_parts, gauss_legendre, hat_psi, noise_root,
                            warmup_degrees)
+from .errors import SettingsError
 from .processes import LinearProcess
 
 PREDICTIONS = ("eps", "data")
@@ -42,7 +43,7 @@ def interpolation_variable(process: LinearProcess, name: str):
             return (8 * (rho(x + h) - rho(x - h)) - (rho(x + 2 * h) - rho(x - 2 * h))) / (12 * h)
 
         return rho, drho
-    raise ValueError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
+    raise SettingsError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
 
 
 def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
@@ -113,9 +114,9 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     λ > 0 is the data form only: ε along a stochastic path is noise, x̂ is not.
     """
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        raise SettingsError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if lam > 0 and prediction != "data":
-        raise ValueError("stochastic multistep (lam > 0) extrapolates the data prediction: use prediction='data'")
+        raise SettingsError("stochastic multistep (lam > 0) extrapolates the data prediction: use prediction='data'")
     t, s = ts[:-1], ts[1:]
     n = len(t)
     rho, drho = interpolation_variable(process, interpolation)

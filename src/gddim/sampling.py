@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import blocks, coefficients, multistep
 from .coefficients import Recursion
+from .errors import SamplerError, SettingsError
 from .grids import steps_for_nfe, time_grid
 from .processes import CLD, LinearProcess
 
@@ -24,19 +25,15 @@ METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
 
-class SamplerError(RuntimeError):
-    """The ε-model misbehaved during sampling (NaN, wrong shape)."""
-
-
 def check_order_and_lam(order: int, lam: float, order_name: str = "order q", prediction: str = "eps") -> None:
     """gDDIM's order q and stochasticity λ: q in 0..3, λ in [0, 1]; λ > 0 with q > 0 only in the data form (FAST §6)."""
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
-        raise ValueError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
+        raise SettingsError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"λ (lam) must lie in [0, 1], got {lam}")
+        raise SettingsError(f"λ (lam) must lie in [0, 1], got {lam}")
     if lam > 0 and order > 0 and prediction != "data":
         name = order_name.split()[0]
-        raise ValueError(f"stochastic gDDIM (lam > 0) with {name} > 0 extrapolates the data prediction (FAST §6): "
+        raise SettingsError(f"stochastic gDDIM (lam > 0) with {name} > 0 extrapolates the data prediction (FAST §6): "
                          f"pass prediction='data', or use {name}=0")
 
 
@@ -64,17 +61,17 @@ class Multistep:
         for name, allowed in [("prediction", multistep.PREDICTIONS), ("interpolation", multistep.INTERPOLATIONS),
                               ("final_step", multistep.FINAL_STEPS)]:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise SettingsError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("corrector", "lower_order_final"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.is_paper:
             return
         if method != "gddim":
-            raise ValueError(f"prediction, corrector, interpolation, lower_order_final and final_step belong to "
+            raise SettingsError(f"prediction, corrector, interpolation, lower_order_final and final_step belong to "
                              f"method='gddim'; {method!r} takes none of them")
         if parameterization != "R":
-            raise ValueError("parameterization='L' is the paper's ablation: it takes none of prediction, corrector, "
+            raise SettingsError("parameterization='L' is the paper's ablation: it takes none of prediction, corrector, "
                              "interpolation, lower_order_final, final_step")
 
     @property
@@ -90,18 +87,18 @@ class Multistep:
 def _check_options(process: LinearProcess, method: str, order: int, lam: float, parameterization: str,
                    options: Multistep) -> None:
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise SettingsError(f"unknown method {method!r}; choose one of {METHODS}")
     options.check(method, parameterization)
     check_order_and_lam(order, lam, prediction=options.prediction)
     if lam > 0 and options.corrector and options.prediction != "data":
-        raise ValueError("the corrector of stochastic gDDIM (lam > 0) works on the data prediction: "
+        raise SettingsError("the corrector of stochastic gDDIM (lam > 0) works on the data prediction: "
                          "pass prediction='data'")
     if parameterization not in ("R", "L"):
-        raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
+        raise SettingsError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
     if method != "gddim" and (order != 0 or parameterization != "R"):
-        raise ValueError(f"order and parameterization belong to method='gddim'; {method!r} is first order in R")
+        raise SettingsError(f"order and parameterization belong to method='gddim'; {method!r} is first order in R")
     if method == "sscs" and not isinstance(process, CLD):
-        raise ValueError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
+        raise SettingsError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
 
 
 def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
@@ -114,7 +111,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
     fast = _multistep_options(options)
     lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
     if method == "sscs":
-        raise ValueError("SSCS has its own splitting step; use sample(..., method='sscs')")
+        raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
@@ -139,7 +136,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
 def _multistep_options(options: dict) -> Multistep:
     unknown = set(options) - set(Multistep.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; the multistep options are "
+        raise SettingsError(f"unknown sampler option(s) {sorted(unknown)}; the multistep options are "
                         f"{list(Multistep.__dataclass_fields__)}")
     return Multistep(**options)
 
@@ -152,16 +149,16 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
     lam = _default_lam(method, lam)
     _check_options(process, method, order, lam, parameterization, fast)
     if method == "sscs" and lam != 1.0:
-        raise ValueError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
+        raise SettingsError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
     if method == "sscs" and denoise is not None and denoise != process.denoise:
-        raise ValueError("SSCS always ends with CLD's denoising step; leave denoise unset")
+        raise SettingsError("SSCS always ends with CLD's denoising step; leave denoise unset")
     if fast.final_step == "data" and denoise:
-        raise ValueError("final_step='data' replaces the denoising step: leave denoise unset or False")
+        raise SettingsError("final_step='data' replaces the denoising step: leave denoise unset or False")
     denoise = (process.denoise if denoise is None else denoise) and fast.final_step != "data"
     final_data = fast.final_step == "data"
     n_steps = _steps(process, nfe, grid, denoise or final_data, "final data" if final_data else "denoising")
     if method == "gddim" and n_steps < order + 1:
-        raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
+        raise SettingsError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
     return lam, denoise, n_steps
 
 
@@ -169,7 +166,7 @@ def _steps(process: LinearProcess, nfe: int, grid, denoise: bool, last: str = "d
     """Integrator steps for an NFE budget; an explicit grid must spend exactly that budget."""
     n_steps = steps_for_nfe(process, nfe, denoise)
     if not isinstance(grid, str) and len(grid) - 1 != n_steps:
-        raise ValueError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
+        raise SettingsError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
                          + (f" (plus the {last} step)" if denoise else ""))
     return n_steps
 
@@ -177,7 +174,7 @@ def _steps(process: LinearProcess, nfe: int, grid, denoise: bool, last: str = "d
 def _default_lam(method: str, lam: float | None) -> float:
     if method == "ancestral":
         if lam not in (None, 1, 1.0):
-            raise ValueError("the ancestral step is stochastic gDDIM at λ = 1; use method='gddim' for other λ")
+            raise SettingsError("the ancestral step is stochastic gDDIM at λ = 1; use method='gddim' for other λ")
         return 1.0
     if lam is None:
         return 1.0 if method in ("em", "sscs") else 0.0
