@@ -464,7 +464,7 @@ def test_sscs_is_the_splitting_of_math_5_2(nfe):
     (dict(order=1.5), r"order q must be an integer in 0\.\.3, got 1\.5"),
     (dict(lam=1.5), r"λ \(lam\) must lie in \[0, 1\], got 1\.5"),
     (dict(lam=-0.1), r"λ \(lam\) must lie in \[0, 1\], got -0\.1"),
-    (dict(lam=0.5, order=1), r"stochastic gDDIM \(lam > 0\) is the q = 0 step"),
+    (dict(lam=0.5, order=1), r"stochastic gDDIM \(lam > 0\) with order > 0 extrapolates the data prediction"),
     (dict(parameterization="Q"), r"parameterization must be 'R' or 'L', got 'Q'"),
     (dict(method="euler", order=2), r"order and parameterization belong to method='gddim'"),
     (dict(method="ancestral", lam=0.5), r"the ancestral step is stochastic gDDIM at λ = 1"),

@@ -31,6 +31,8 @@ def psd_sqrt(p: np.ndarray) -> np.ndarray:
 
 def solve_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ inv(b) without forming the inverse."""
+    if a.shape[-1] == 1:  # scalar blocks (BDM's 1024 modes x thousands of times): a division, not LAPACK calls
+        return a / b
     return transpose(np.linalg.solve(transpose(b), transpose(a)))
 
 

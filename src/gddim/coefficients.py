@@ -1,6 +1,9 @@
 """Coefficients of every sampler as one linear recursion (DESIGN "every sampler is a linear recursion").
 
-    u_{i+1} = A_i u_i + Σ_j C_{ij} ε_{i-j} + S_i z_i,      z_i ~ N(0, I)
+    u_{i+1} = A_i u_i + Σ_j C_{ij} h_{i-j} + S_i z_i,      z_i ~ N(0, I),   h_i = P_i u_i + Q_i ε_i
+
+h is the history item: ε itself (P, Q unset) or the data prediction (FAST §1). A corrector (FAST §2) redoes
+step i, once the model has been called at its end, with a second coefficient set that includes h_{i+1}.
 
 All builders work in float64 numpy on a decreasing grid ts (t_0 > ... > t_N), step i going from
 t = ts[i] to s = ts[i+1], with blocks of shape (M, k, k) per step (see processes.base).
@@ -27,25 +30,41 @@ class Recursion:
     C: np.ndarray  # (n, q+1, M, k, k); C[i, j] multiplies the ε of step i - j
     S: np.ndarray | None = None  # (n, M, k, k), S Sᵀ = P: the step's noise covariance
     eps_map: np.ndarray | None = None  # (n, M, k, k): turns the network's ε_R into the ε the C expect
+    P: np.ndarray | None = None  # (n, M, k, k): h_i = P_i u_i + Q_i ε_i; both unset means h_i = ε_i
+    Q: np.ndarray | None = None
+    # (n, q+2, M, k, k): step i redone once h_{i+1} is known; [i, 0] multiplies h_{i+1}, [i, j+1] multiplies h_{i-j}
+    corrector: np.ndarray | None = None
 
     @property
     def steps(self) -> int:
         return len(self.times)
 
     def then(self, other: Recursion) -> Recursion:
-        """This recursion followed by another (e.g. CLD's denoising step); ε history carries over."""
+        """This recursion followed by another (e.g. CLD's denoising step); the history carries over.
+
+        A step without a corrector gets its own C as corrector (zero on h_{i+1}): redoing it changes nothing.
+        """
         q = max(self.C.shape[1], other.C.shape[1])
-        pad = lambda c: np.concatenate([c, np.zeros((c.shape[0], q - c.shape[1], *c.shape[2:]))], axis=1)
+        pad = lambda c, width: np.concatenate([c, np.zeros((c.shape[0], width - c.shape[1], *c.shape[2:]))], axis=1)
         m, n = self.A.shape[1:], (self.steps, other.steps)
+        eye = lambda n_: blocks.eye(m[0], m[1])[None].repeat(n_, 0)
+        zero = lambda n_: np.zeros((n_, *m))
         fill = lambda a, b, default: None if a is None and b is None else np.concatenate(
             [default(n[0]) if a is None else a, default(n[1]) if b is None else b])
+        both = (self, other)
+        width = max(r.C.shape[1] + 1 if r.corrector is None else r.corrector.shape[1] for r in both)
+        redo = lambda r: pad(np.concatenate([np.zeros((r.steps, 1, *m)), r.C], axis=1) if r.corrector is None
+                             else r.corrector, width)
         return Recursion(
             times=np.concatenate([self.times, other.times]),
             next_times=np.concatenate([self.next_times, other.next_times]),
             A=np.concatenate([self.A, other.A]),
-            C=np.concatenate([pad(self.C), pad(other.C)]),
-            S=fill(self.S, other.S, lambda n_: np.zeros((n_, *m))),
-            eps_map=fill(self.eps_map, other.eps_map, lambda n_: blocks.eye(m[0], m[1])[None].repeat(n_, 0)),
+            C=np.concatenate([pad(self.C, q), pad(other.C, q)]),
+            S=fill(self.S, other.S, zero),
+            eps_map=fill(self.eps_map, other.eps_map, eye),
+            P=fill(self.P, other.P, zero),
+            Q=fill(self.Q, other.Q, eye),
+            corrector=None if self.corrector is None and other.corrector is None else np.concatenate([redo(r) for r in both]),
         )
 
 
@@ -69,15 +88,38 @@ def lagrange_basis(nodes: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.n
     return value, slope
 
 
-def _history_nodes(ts: np.ndarray, order: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Steps grouped by their effective order r = min(i, q): (step indices, nodes t_i, t_{i-1}, .., t_{i-r})."""
-    steps = np.arange(len(ts) - 1)
+def _history_nodes(ts: np.ndarray, degrees: np.ndarray, ahead: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Steps grouped by their degree r: (step indices, nodes t_{i+ahead}, .., t_i, t_{i-1}, .., t_{i-r}).
+
+    degrees[i] = min(i, q) for the plain multistep method; ahead = 1 adds the node t_{i+1} (the corrector).
+    """
     groups = []
-    for r in range(order + 1):
-        idx = steps[steps >= order] if r == order else steps[steps == r]
-        if len(idx):
-            groups.append((idx, ts[idx[:, None] - np.arange(r + 1)[None, :]]))
+    for r in np.unique(degrees):
+        idx = np.flatnonzero(degrees == r)
+        groups.append((idx, ts[idx[:, None] + ahead - np.arange(r + 1 + ahead)[None, :]]))
     return groups
+
+
+def warmup_degrees(steps: int, order: int) -> np.ndarray:
+    """min(i, q): the first steps have fewer past model outputs."""
+    return np.minimum(np.arange(steps), order)
+
+
+def by_parts(nodes: np.ndarray, t: np.ndarray, s: np.ndarray, at_t: np.ndarray, at_s: np.ndarray, tau: np.ndarray,
+             w: np.ndarray, kernel: np.ndarray, rho=lambda x: x, drho=np.ones_like) -> np.ndarray:
+    """∫_t^s ∂_τK(τ) ℓ_j(τ) dτ = ℓ_j(s)K(s) - ℓ_j(t)K(t) - ∫ K(τ) ℓ_j'(τ) dτ for steps (n,) with Lagrange nodes (n, r+1).
+
+    ℓ_j are polynomials in ρ(τ) (FAST §3), so ℓ_j' = dℓ_j/dρ · ρ'(τ); K is given at the endpoints (n, M, k, k)
+    and at the quadrature nodes tau (n, p) with weights w (n, p) as kernel (n, p, M, k, k). Returns (n, r+1, M, k, k).
+    """
+    ends = lambda x: lagrange_basis(rho(nodes), rho(x)[:, None])[0][..., 0, None, None, None]
+    _, slope = lagrange_basis(rho(nodes), rho(tau))
+    integral = np.einsum("ijp,ip,ipmab->ijmab", slope * drho(tau)[:, None], w, kernel)
+    C = ends(s) * at_s[:, None] - ends(t) * at_t[:, None] - integral
+    boundary = at_s - at_t
+    assert np.allclose(C.sum(1), boundary, rtol=1e-8, atol=1e-10 * np.abs(boundary).max()), \
+        "sum rule Σ_j C_ij = K(s) - K(t) violated"
+    return C
 
 
 def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +157,10 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
             tau, w = gauss_legendre(t, s, panels=-(-64 // n))
             m = tau.shape[1]
             psi_r = (process.psi(np.repeat(s, m), tau.ravel()) @ process.R(tau.ravel())).reshape(n, m, *A.shape[1:])
-            for idx, nodes in _history_nodes(ts, order):
-                at_s, _ = lagrange_basis(nodes, s[idx, None])
-                _, slope = lagrange_basis(nodes, tau[idx])
-                integral = np.einsum("ijp,ip,ipmab->ijmab", slope, w[idx], psi_r[idx])
-                C[idx, : nodes.shape[1]] = at_s[..., 0, None, None, None] * Rt[idx + 1, None] - integral
-                C[idx, 0] -= (A @ Rt[:-1])[idx]
-            assert np.allclose(C.sum(1), boundary, rtol=1e-8, atol=1e-10), "sum rule Σ_j C_ij = R_s - ΨR_t violated"
+            at_t = A @ Rt[:-1]
+            for idx, nodes in _history_nodes(ts, warmup_degrees(n, order)):
+                C[idx, : nodes.shape[1]] = by_parts(nodes, t[idx], s[idx], at_t[idx], Rt[idx + 1], tau[idx], w[idx],
+                                                    psi_r[idx])
     elif parameterization == "L":
         panels = 16
         tau, w = gauss_legendre(t, s, panels)
@@ -129,7 +168,7 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         flat = tau.ravel()
         integrand = process.psi(np.repeat(s, p), flat) @ (0.5 * process.GGT(flat) @ blocks.transpose(np.linalg.inv(process.L(flat))))
         integrand = integrand.reshape(n, p, *A.shape[1:])
-        for idx, nodes in _history_nodes(ts, order):
+        for idx, nodes in _history_nodes(ts, warmup_degrees(n, order)):
             value, _ = lagrange_basis(nodes, tau[idx])
             C[idx, : nodes.shape[1]] = np.einsum("ijp,ip,ipmab->ijmab", value, w[idx], integrand[idx])
         # ε_L = Lᵀ R⁻ᵀ ε_R (MATH §1.3): the same network drives the L-coefficients
@@ -178,9 +217,12 @@ def stochastic(process: LinearProcess, ts: np.ndarray, lam: float) -> Recursion:
     A = process.psi(s, t)
     h = hat_psi(process, t, s, lam)
     C = ((h - A) @ process.R(t))[:, None]
-    P = process.sigma(s) - h @ process.sigma(t) @ blocks.transpose(h)
-    S = blocks.psd_sqrt(P) if lam > 0 else None
-    return Recursion(times=t, next_times=s, A=A, C=C, S=S)
+    return Recursion(times=t, next_times=s, A=A, C=C, S=noise_root(process, t, s, h) if lam > 0 else None)
+
+
+def noise_root(process: LinearProcess, t: np.ndarray, s: np.ndarray, hat: np.ndarray) -> np.ndarray:
+    """S with S Sᵀ = P^λ = Σ_s - Ψ̂ Σ_t Ψ̂ᵀ, the noise that keeps the λ-family step exact on Dirac data."""
+    return blocks.psd_sqrt(process.sigma(s) - hat @ process.sigma(t) @ blocks.transpose(hat))
 
 
 def euler_maruyama(process: LinearProcess, ts: np.ndarray, lam: float) -> Recursion:
