@@ -102,7 +102,7 @@ def _run_train(args) -> int:
                    progress=not o["no_progress"], device=o["device"])
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint} (step {result.step}, {result.images_per_second:.0f} images/s)")
-    return 130 if result.interrupted else 0
+    return 128 + result.stop_signal if result.interrupted else 0  # the shell's code for death by that signal
 
 
 # ---- sample ------------------------------------------------------------------------------------------------
@@ -123,6 +123,7 @@ def _sample_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
+    p.add_argument("--overwrite", action="store_true", help="replace PREFIX.png and PREFIX.npz if they exist")
     p.add_argument("--device")
     p.set_defaults(run=_run_sample)
 
@@ -131,6 +132,12 @@ def _run_sample(args) -> int:
     from ..diffusers import is_diffusers_folder, load_unet_eps
     from ..evaluation import sample_from_checkpoint, sample_images, save_grid, save_npz
 
+    prefix = Path(args.out)
+    grid, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
+    existing = [str(path) for path in (grid, npz) if path.exists()]
+    if existing and not args.overwrite:  # checked before minutes of sampling
+        raise FileExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                              "choose another --out, or pass --overwrite to replace what is there")
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
@@ -138,9 +145,8 @@ def _run_sample(args) -> int:
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
                                         args.param, args.seed, args.batch, args.device)
-    prefix = Path(args.out)
-    grid = save_grid(images[:256], prefix.with_name(prefix.name + ".png"))
-    npz = save_npz(images, prefix.with_name(prefix.name + ".npz"))
+    save_grid(images[:256], grid)
+    save_npz(images, npz)
     print(f"{len(images)} samples: grid {grid}, arrays {npz}")
     return 0
 
