@@ -495,11 +495,12 @@ def _train(process, images, out_dir, network, config, data_info, resume, callbac
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{result.images_per_second:.0f}")
                 if callback is not None:
                     callback(result.step, value)
-                if result.step % config.ckpt_every == 0 or result.step == config.steps:
-                    save()
+                # the grid before the checkpoint: a run killed between them redoes both, so no grid goes missing
                 if env.rank == 0 and (result.step == config.steps or
                                       config.sample_every and result.step % config.sample_every == 0):
                     _write_sample_grid(out_dir, result.step, process, ema.module, config)
+                if result.step % config.ckpt_every == 0 or result.step == config.steps:
+                    save()
         except KeyboardInterrupt:
             result.interrupted, result.stop_signal = True, interrupt.signum or signal.SIGINT
             if result.step > 0:

@@ -100,7 +100,7 @@ def _run_train(args) -> int:
     result = train(make_process(o["process"], tuple(images.shape[-2:])), images, o["out"], preset(o["preset"]), config,
                    {"source": source, "image_size": o["image_size"]}, resume=True if o["resume"] else None,
                    progress=not o["no_progress"], device=o["device"])
-    if result.checkpoint is not None:
+    if result.checkpoint is not None and not result.interrupted:  # an interrupted run has said where it stopped
         print(f"checkpoint: {result.checkpoint} (step {result.step}, {result.images_per_second:.0f} images/s)")
     return 128 + result.stop_signal if result.interrupted else 0  # the shell's code for death by that signal
 
