@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_file, atomic_write_text
 from .data import load_images
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
-from .training import Checkpoint, atomic_file, atomic_write_text, load_checkpoint
+from .training import Checkpoint, load_checkpoint
 
 SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization"}
 

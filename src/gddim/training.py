@@ -18,7 +18,6 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text, is_temp, temp_name
 from .data import make_loader
 from .networks import EpsModel, NetworkConfig
 from .processes import LinearProcess, process_from_config
@@ -162,36 +162,6 @@ def _normalized(obj):
     return json.loads(json.dumps(obj))
 
 
-def temp_name(path: Path) -> Path:
-    """Where a file is written before its rename onto path; leftovers of a crash are recognized by this pattern."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
-
-
-@contextmanager
-def atomic_file(path: Path):
-    """A temporary path to write; renamed onto path (after an fsync) when the block succeeds, removed if it fails.
-
-    A crash leaves the old file or the new one, never half of one.
-    """
-    tmp = temp_name(path)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
 def _fsync_folder(folder: Path) -> None:
     for file in folder.iterdir():
         with open(file, "rb") as f:
@@ -218,7 +188,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: Aver
         os.replace(tmp, final)
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.iterdir():  # older checkpoints, leftovers of crashed writes
-        if old.name != name and (old.name.startswith("step_") or _is_temp(old.name)):
+        if old.name != name and (old.name.startswith("step_") or is_temp(old.name)):
             shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     return final
 
@@ -325,11 +295,11 @@ def _unfinished_start(out_dir: Path) -> bool:
         return True
     own = {"loss.csv": None, "checkpoints": "step_*", "samples": "step_*.png"}  # name -> pattern of its entries
     for entry in out_dir.iterdir():
-        if _is_temp(entry.name):
+        if is_temp(entry.name):
             continue
         if entry.name not in own or entry.is_dir() != (own[entry.name] is not None):
             return False
-        if entry.is_dir() and not all(e.match(own[entry.name]) or _is_temp(e.name) for e in entry.iterdir()):
+        if entry.is_dir() and not all(e.match(own[entry.name]) or is_temp(e.name) for e in entry.iterdir()):
             return False
     return True
 
@@ -339,7 +309,7 @@ def _clear_unfinished_start(out_dir: Path) -> None:
     run must not take a leftover step folder (perhaps of other settings) for its own."""
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     for entry in out_dir.iterdir():
-        if _is_temp(entry.name):
+        if is_temp(entry.name):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
