@@ -172,8 +172,13 @@ def _evaluate_parser(subparsers) -> None:
 def _run_evaluate(args) -> int:
     from ..evaluation import evaluate
 
-    result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
-                      out_dir=args.out, inception=args.inception, device=args.device, progress=True)
+    try:
+        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
+                          out_dir=args.out, inception=args.inception, device=args.device, progress=True)
+    except KeyboardInterrupt:
+        print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
+              "Run the same command again to compute the rest", file=sys.stderr)
+        return 130
     floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
     return 0
