@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
+from gddim.atomic import atomic_write_text
 from gddim.benchmark import machine_info
 from gddim.data import load_images
 from gddim.evaluation import Sampler, evaluate, save_metrics_and_plot
 from gddim.networks import preset
 from gddim.processes import make_process
-from gddim.training import TrainConfig, atomic_write_text, load_checkpoint, train
+from gddim.training import TrainConfig, load_checkpoint, train
 
 HERE = Path(__file__).resolve().parent
 NFES = (5, 10, 20, 50, 100, 200)

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_file, atomic_write_text
 from .data import load_images
 from .errors import SettingsError
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
-from .training import Checkpoint, atomic_write_text, load_checkpoint
+from .training import Checkpoint, load_checkpoint
 
 SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization"}
 
@@ -127,7 +128,8 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    with atomic_file(path) as tmp:
+        picture.save(tmp, format="PNG")
     return path
 
 
@@ -136,8 +138,9 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
     pixels = to_uint8(images)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
-                        x=images.detach().cpu().float().numpy())
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to the temp name
+        np.savez_compressed(f, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
+                            x=images.detach().cpu().float().numpy())
     return path
 
 
@@ -159,8 +162,9 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     With inception (a local weights file of torch-fidelity's Inception) it is standard FID of n samples
     against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
     data names the training images when the checkpoint was trained on a path (see Checkpoint.data_source).
-    Writes (if out_dir is given) metrics.json and quality_vs_nfe.png (unless save_metrics is False) and under
-    grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes when given).
+    Writes (if out_dir is given) metrics.json after every record and quality_vs_nfe.png at the end (unless
+    save_metrics is False), and under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
+    when given). A rerun of the same evaluation keeps the records metrics.json holds and computes the rest.
     grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
@@ -182,29 +186,61 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
         for nfe in nfes:
             check_sampler(process, nfe, **sampler.options(), grid=grid)
-    records = []
-    for sampler in samplers:
-        for nfe in nfes:
-            began = time.perf_counter()
-            record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": int(nfe)}
-            try:
-                fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid)
-            except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
-                fake, record["error"] = None, str(err)
-            record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
-            records.append(record)
-            if progress:
-                print(f"  {process.name} {sampler.label:<22} NFE {nfe:>4}: "
-                      + (f"diverged ({record['error']})" if fake is None else f"FD {record['fd']:.4g}")
-                      + ("" if floor is None else f" (floor {floor:.3g})"))
-            if fake is not None and out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
-                save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
     result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
               "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
-              "seed": seed, "grid": str(grid), "floor": floor, "records": records}
-    if out_dir is not None and save_metrics:
-        save_metrics_and_plot(result, Path(out_dir))
+              "seed": seed, "batch": batch, "grid": str(grid), "floor": floor, "records": []}
+    metrics = Path(out_dir) / "metrics.json" if out_dir is not None and save_metrics else None
+    finished = _finished_records(metrics, result) if metrics is not None else {}
+    for sampler in samplers:
+        for nfe in nfes:
+            key = (sampler.label, int(nfe))
+            record = finished.get(key)
+            if record is None:
+                record, fake = _evaluate_record(process, model, sampler, int(nfe), n, seed, batch, grid, score, floor)
+                if fake is not None and out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
+                    save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
+            result["records"].append(record)
+            if progress:
+                _print_record(record, kept=key in finished)
+            if metrics is not None:  # every finished record is on disk: a rerun goes on from here
+                metrics.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(metrics, json.dumps(result, indent=2))
+    if metrics is not None:
+        save_metrics_and_plot(result, metrics.parent)
     return result
+
+
+def _evaluate_record(process, model, sampler: Sampler, nfe: int, n: int, seed: int, batch: int, grid, score,
+                     floor) -> tuple[dict, torch.Tensor | None]:
+    """One (sampler, NFE) record and its samples; every record starts from the same seed, whatever runs before it."""
+    began = time.perf_counter()
+    record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": nfe}
+    try:
+        fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid)
+    except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
+        fake, record["error"] = None, str(err)
+    record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
+    return record, fake
+
+
+def _finished_records(metrics: Path, result: dict) -> dict[tuple[str, int], dict]:
+    """The records of an earlier run of the same evaluation (same checkpoint, data, metric, n, seed, batch and
+    floor) that metrics.json holds, by (label, NFE); none when it holds another evaluation or no file."""
+    try:
+        stored = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    header = json.loads(json.dumps({k: v for k, v in result.items() if k != "records"}))
+    if not isinstance(stored, dict) or {k: v for k, v in stored.items() if k != "records"} != header:
+        return {}
+    return {(r["label"], r["nfe"]): r for r in stored.get("records", [])}
+
+
+def _print_record(record: dict, kept: bool) -> None:
+    fd, floor = record["fd"], record["floor"]
+    print(f"  {record['process']} {record['label']:<22} NFE {record['nfe']:>4}: "
+          + (f"diverged ({record['error']})" if fd is None else f"FD {fd:.4g}")
+          + ("" if floor is None else f" (floor {floor:.3g})") + (" (kept from the earlier run)" if kept else ""))
 
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text, is_temp, temp_name
 from .data import BUILT_IN_DATA, make_loader
 from .errors import CheckpointError, SettingsError, TrainingError
 from .networks import EpsModel, NetworkConfig
@@ -82,6 +83,7 @@ class TrainResult:
     checkpoint: Path | None
     losses: list[float] = field(default_factory=list)  # the losses of the steps this call ran
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT for a KeyboardInterrupt)
     images_per_second: float = float("nan")
     model: EpsModel | None = None  # the trained network (raw weights) ...
     ema_model: EpsModel | None = None  # ... and its EMA, the one to sample with
@@ -181,16 +183,6 @@ def _normalized(obj):
     return json.loads(json.dumps(obj))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_folder(folder: Path) -> None:
     for file in folder.iterdir():
         with open(file, "rb") as f:
@@ -205,7 +197,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: Aver
     name = f"step_{meta['step']:08d}"
     final = root / name
     if not final.exists():  # the state at a given step is deterministic: an existing folder already holds it
-        tmp = root / f".{name}.tmp-{os.getpid()}"
+        tmp = temp_name(final)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -216,10 +208,15 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: Aver
         _fsync_folder(tmp)
         os.replace(tmp, final)
     atomic_write_text(root / LATEST, name + "\n")
-    for old in [*root.glob("step_*"), *root.glob(".step_*.tmp-*")]:  # older checkpoints, leftovers of crashed writes
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in root.iterdir():  # older checkpoints, leftovers of crashed writes
+        if old.name != name and (old.name.startswith("step_") or is_temp(old.name)):
+            _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder of our own; a link is removed itself, never what it points to."""
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -313,13 +310,13 @@ def _resume_point(out_dir: Path, meta: dict, resume: bool | None) -> Checkpoint 
     resume=None resumes a run of the same configuration and starts an absent or empty folder;
     resume=True insists on a checkpoint; resume=False insists on a fresh folder.
     """
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    if not (out_dir / "checkpoints" / LATEST).is_file():
+        if not _unfinished_start(out_dir):
+            raise FileExistsError(f"output folder {out_dir} exists and holds no resumable gddim run; "
+                                  "choose a new folder or remove this one")
         if resume:
             raise FileNotFoundError(f"nothing to resume: {out_dir} holds no training run")
         return None
-    if not (out_dir / "checkpoints" / LATEST).is_file():
-        raise FileExistsError(f"output folder {out_dir} exists and holds no resumable gddim run; "
-                              "choose a new folder or remove this one")
     checkpoint = load_checkpoint(out_dir)
     if resume is False:
         raise FileExistsError(f"output folder {out_dir} already holds a run (step {checkpoint.step}); "
@@ -329,6 +326,30 @@ def _resume_point(out_dir: Path, meta: dict, resume: bool | None) -> Checkpoint 
         raise FileExistsError(f"output folder {out_dir} holds a run with another configuration, so it cannot be "
                               "resumed: " + "; ".join(changed) + ". Choose a new folder")
     return checkpoint
+
+
+def _unfinished_start(out_dir: Path) -> bool:
+    """Whether out_dir is absent, empty, or holds only what a run writes before its first checkpoint (a run
+    killed early or stopped by bad input), so that the same command can start it again."""
+    if not out_dir.exists():
+        return True
+    own = {"loss.csv": None, "checkpoints": "step_*", "samples": "step_*.png"}  # name -> pattern of its entries
+    for entry in out_dir.iterdir():
+        if is_temp(entry.name):
+            continue
+        if entry.name not in own or entry.is_dir() != (own[entry.name] is not None):
+            return False
+        if entry.is_dir() and not all(e.match(own[entry.name]) or is_temp(e.name) for e in entry.iterdir()):
+            return False
+    return True
+
+
+def _clear_unfinished_start(out_dir: Path) -> None:
+    """Remove the checkpoint folders and temporary files of a run that never finished a checkpoint: the new
+    run must not take a leftover step folder (perhaps of other settings) for its own."""
+    for entry in out_dir.iterdir():
+        if is_temp(entry.name) or entry.name == "checkpoints":
+            _remove(entry)
 
 
 # ---- distributed -------------------------------------------------------------------------------------------
@@ -366,24 +387,32 @@ def _from_rank0(value, world: int):
     return box[0]
 
 
+# Ctrl-C, and what cluster schedulers and torchrun send to end a job
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _InterruptFlag:
-    """Ctrl-C sets a flag instead of raising mid-update; the loop stops at the next step boundary."""
+    """A stop signal sets a flag instead of raising mid-update; the loop stops at the next step boundary."""
 
     def __init__(self):
-        self.raised = False
-        self._old = None
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
@@ -424,8 +453,10 @@ def _train(process, images, out_dir, network, config, data_info, resume, callbac
         start = state["step"]
         _restore(model, ema, optimizer, state, env.device)
     if env.rank == 0:
+        if checkpoint is None and out_dir.exists():
+            _clear_unfinished_start(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_loss_header(out_dir, start)
+        _reset_loss_log(out_dir, start)
     net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.world > 1 else model
     loader = make_loader(images.to(env.device), config.batch_size, config.seed, env.rank, env.world, config.flip,
@@ -473,18 +504,19 @@ def _train(process, images, out_dir, network, config, data_info, resume, callbac
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{result.images_per_second:.0f}")
                 if callback is not None:
                     callback(result.step, value)
-                if result.step % config.ckpt_every == 0 or result.step == config.steps:
-                    save()
+                # the grid before the checkpoint: a run killed between them redoes both, so no grid goes missing
                 if env.rank == 0 and (result.step == config.steps or
                                       config.sample_every and result.step % config.sample_every == 0):
                     _write_sample_grid(out_dir, result.step, process, ema.module, config)
+                if result.step % config.ckpt_every == 0 or result.step == config.steps:
+                    save()
         except KeyboardInterrupt:
-            result.interrupted = True
+            result.interrupted, result.stop_signal = True, interrupt.signum or signal.SIGINT
             if result.step > 0:
                 save()
             if env.rank == 0:
-                tqdm.write(f"interrupted at step {result.step}; checkpoint {result.checkpoint}. "
-                           "Run the same command again to resume")
+                tqdm.write(f"interrupted ({signal.Signals(result.stop_signal).name}) at step {result.step}; "
+                           f"checkpoint {result.checkpoint}. Run the same command again to resume")
         finally:
             bar.close()
     return result
@@ -538,19 +570,21 @@ def _agree(loss: torch.Tensor, interrupted: bool, world: int) -> tuple[float, bo
     return float(both[0]) / world, bool(both[1] > 0)
 
 
-def _write_loss_header(out_dir: Path, start: int) -> None:
+def _reset_loss_log(out_dir: Path, start: int) -> None:
+    """loss.csv cut back to the steps up to the checkpoint resumed from (a crash may have left rows past it)."""
     log = out_dir / "loss.csv"
-    if start == 0 or not log.exists():
-        log.write_text("step,loss\n")
-    else:  # drop rows past the checkpoint we resume from (written before a crash)
-        rows = log.read_text().splitlines()
-        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= start]
-        log.write_text("\n".join(kept) + "\n")
+    rows = []
+    if start > 0 and log.exists():
+        complete = log.read_text().split("\n")[1:-1]  # the header, and a row cut short by a crash, are not kept
+        rows = [r + "\n" for r in complete if int(r.split(",")[0]) <= start]
+    atomic_write_text(log, "".join(["step,loss\n", *rows]))
 
 
 def _append_losses(out_dir: Path, rows: list[tuple[int, float]]) -> None:
     with open(out_dir / "loss.csv", "a") as f:
         f.writelines(f"{s},{v:.6g}\n" for s, v in rows)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the checkpoint that covers these rows is
 
 
 def _write_sample_grid(out_dir: Path, step: int, process: LinearProcess, model: EpsModel, config: TrainConfig) -> None:

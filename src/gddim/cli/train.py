@@ -133,9 +133,9 @@ def _run_train(args) -> int:
     result = train(make_process(o["process"], tuple(images.shape[-2:])), images, o["out"], preset(o["preset"]), config,
                    {"source": source, "image_size": o["image_size"]}, resume=True if o["resume"] else None,
                    progress=not o["no_progress"], device=o["device"])
-    if result.checkpoint is not None:
+    if result.checkpoint is not None and not result.interrupted:  # an interrupted run has said where it stopped
         print(f"checkpoint: {result.checkpoint} (step {result.step}, {result.images_per_second:.0f} images/s)")
-    return 130 if result.interrupted else 0
+    return 128 + result.stop_signal if result.interrupted else 0  # the shell's code for death by that signal
 
 
 # ---- sample ------------------------------------------------------------------------------------------------
@@ -162,6 +162,7 @@ def _sample_parser(subparsers) -> None:
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
     p.add_argument("--out", type=output_prefix, required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
+    p.add_argument("--overwrite", action="store_true", help="replace PREFIX.png and PREFIX.npz if they exist")
     p.add_argument("--device", type=device)
     p.set_defaults(run=_run_sample)
 
@@ -170,6 +171,12 @@ def _run_sample(args) -> int:
     from ..diffusers import is_diffusers_folder, load_unet_eps
     from ..evaluation import sample_from_checkpoint, sample_images, save_grid, save_npz
 
+    prefix = Path(args.out)
+    grid, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
+    existing = [str(path) for path in (grid, npz) if path.exists()]
+    if existing and not args.overwrite:  # checked before minutes of sampling
+        raise FileExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                              "choose another --out, or pass --overwrite to replace what is there")
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
@@ -177,9 +184,8 @@ def _run_sample(args) -> int:
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
                                         args.param, args.seed, args.batch, args.device, grid=args.grid)
-    prefix = Path(args.out)
-    grid = save_grid(images[:256], prefix.with_name(prefix.name + ".png"))
-    npz = save_npz(images, prefix.with_name(prefix.name + ".npz"))
+    save_grid(images[:256], grid)
+    save_npz(images, npz)
     print(f"{len(images)} samples: grid {grid}, arrays {npz}")
     return 0
 
@@ -208,9 +214,14 @@ def _evaluate_parser(subparsers) -> None:
 def _run_evaluate(args) -> int:
     from ..evaluation import evaluate
 
-    result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
-                      out_dir=args.out, inception=args.inception, device=args.device, progress=True,
-                      data=args.data and data_source(args.data), grid=args.grid)
+    try:
+        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
+                          out_dir=args.out, inception=args.inception, device=args.device, progress=True,
+                          data=args.data and data_source(args.data), grid=args.grid)
+    except KeyboardInterrupt:
+        print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
+              "Run the same command again to compute the rest", file=sys.stderr)
+        return 130
     floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
     return 0
