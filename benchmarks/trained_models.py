@@ -303,7 +303,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.worker_out:
         return throughput_worker(args)
@@ -322,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown stages {sorted(unknown)}; choose from train,sweep,claims,report")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "commands.txt", "a") as log:
-        log.write(" ".join(["python", "benchmarks/trained_models.py", *argv]) + "\n")
+        words = sys.argv[1:] if argv is None else argv
+        log.write(" ".join(["python", "benchmarks/trained_models.py", *words]) + "\n")
     if stages - {"report"}:
         images = load_images(args.dataset, "train", args.image_size)
         for name in args.processes.split(","):
