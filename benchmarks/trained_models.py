@@ -320,9 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}; choose from train,sweep,claims,report")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as log:
-        words = sys.argv[1:] if argv is None else argv
-        log.write(" ".join(["python", "benchmarks/trained_models.py", *words]) + "\n")
+    _log_command(out, sys.argv[1:] if argv is None else argv)
     if stages - {"report"}:
         images = load_images(args.dataset, "train", args.image_size)
         for name in args.processes.split(","):
@@ -335,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = report(out, args.dataset)
     if summary:
         print(json.dumps(summary, indent=2))
+
+
+def _log_command(out: Path, argv: list[str]) -> None:
+    with open(out / "commands.txt", "a") as log:
+        log.write(" ".join(["python", "benchmarks/trained_models.py", *argv]) + "\n")
 
 
 def report(out: Path, dataset: str) -> dict | None:
