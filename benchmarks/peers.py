@@ -1,11 +1,14 @@
 """gDDIM beside diffusers' samplers on the exact-score VP benchmark (BENCHMARKS §1, peers), and step overhead.
 
     python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits
-    python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 10000 --out benchmarks/peers_fashion-mnist
+    python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out benchmarks/peers_fashion-mnist
     python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json
 
-Writes results.json (every record with its noise levels, plus the gDDIM/best-peer ratios per NFE) and
-errors.png into the output folder; --overhead writes one JSON file of per-step medians.
+Every diffusers peer runs at each timestep_spacing (and Karras σ where it has them) beside the gDDIM
+variants of `gddim.peers.GDDIM_VARIANTS`. Writes results.json (every run with the noise levels it used and its
+path error against the reference ODE at its own landing time; per NFE each peer's best setting and the ratios
+gDDIM / best peer for gDDIM's default and best variant) and errors.png into the output folder; --overhead
+writes one JSON file of per-step medians.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -22,36 +26,54 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import gddim  # noqa: E402
 from gddim import peers  # noqa: E402
-from gddim.benchmark import machine_info  # noqa: E402
+from gddim.benchmark import machine_info, write_json  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 QUICK_OVERHEAD = {"shape": (2, 1, 8, 8), "steps": 5, "repeats": 1}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
-    records = result["records"]
+    """Each peer at its best setting per NFE (dotted), gDDIM's default and its best variant per NFE (solid)."""
+    summary = result["summary"]
+    nfes = [row["nfe"] for row in summary]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    lines = [(f"gddim-q{q}", "gddim", "trailing", "-", "o") for q in range(4)]
-    lines += [(f"gddim-q{q}", "gddim", "quadratic", "--", "s") for q in range(4)]
-    lines += [(name, "diffusers", "trailing", ":", "^") for name in peers.PEERS]
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab10").colors
     for ax, metric in zip(axes, ("path_error", "data_error")):
-        for color, (sampler, family, grid, style, marker) in zip(colors, lines):
-            rows = sorted((r for r in records if r["sampler"] == sampler and r["family"] == family and r["grid"] == grid),
-                          key=lambda r: r["nfe"])
-            if rows:
-                ax.plot([r["nfe"] for r in rows], [r[metric] for r in rows], style, marker=marker, color=color,
-                        label=f"{sampler} ({grid})" if family == "gddim" else sampler)
+        rows = [row[metric] for row in summary]
+        for color, name in zip(colors, rows[0]["per_peer_best"]):
+            ax.plot(nfes, [_error(r["per_peer_best"][name]) for r in rows], ":", marker="^", color=color,
+                    label=f"{name} (best setting)")
+        ax.plot(nfes, [_error(r["gddim_best"]) for r in rows], "-", marker="o", color="k", label="gDDIM best variant")
+        if any(r["gddim_default"] for r in rows):
+            ax.plot(nfes, [_error(r["gddim_default"]) for r in rows], "--", marker="s", color="0.5",
+                    label=f"gDDIM default ({result['settings']['gddim_default']})")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title=f"{title}: {metric}")
-        nfes = sorted({r["nfe"] for r in records})
         ax.set_xticks(nfes, [str(n) for n in nfes], minor=False)
         ax.set_xticks([], minor=True)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].axhline(result["reference"]["data_error"], color="k", lw=0.8, label="reference ODE")
+    axes[1].axhline(result["reference"]["data_error"], color="k", lw=0.8, label="reference ODE at t_end")
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _error(entry: dict | None) -> float:
+    return float("nan") if entry is None else entry["error"]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def print_summary(result: dict) -> None:
+    print("gDDIM / best peer at t_end (any setting): best variant, default; on the same levels (trailing):")
+    for row in result["summary"]:
+        cells = [f"{m[:4]} {(row[m]['best_peer'] or {}).get('sampler')}@{(row[m]['best_peer'] or {}).get('setting')} "
+                 f"{_ratio(row[m]['ratio_best'])}, "
+                 f"{_ratio(row[m]['ratio_default'])}; {_ratio(row[m]['same_levels']['ratio'])}"
+                 for m in ("path_error", "data_error")]
+        print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="digits", help="digits or fashion-mnist (any gddim.data source)")
     p.add_argument("--image-size", type=int, help="resize the data (fashion-mnist: 16)")
     p.add_argument("--n-data", type=int, help="use the first N training images (the exact score costs O(N) per call)")
+    p.add_argument("--n-data-note", help="why --n-data was chosen (kept in the JSON)")
     p.add_argument("--nfe", default="5,10,15,20,50", help="comma-separated NFEs")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -81,16 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     data = load_images(args.dataset, "train", args.image_size)
     data = data if args.n_data is None else data[: args.n_data]
     nfes = tuple(int(v) for v in args.nfe.split(","))
+    start = time.perf_counter()
     result = peers.benchmark(gddim.VP(), data, nfes, args.batch, args.seed, rtol=args.rtol)
-    result["settings"].update(dataset=args.dataset, image_size=args.image_size, n_data=args.n_data)
+    result["settings"].update(dataset=args.dataset, image_size=args.image_size, n_data=args.n_data,
+                              n_data_note=args.n_data_note, seconds=round(time.perf_counter() - start, 1))
     result["command"] = command
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "results.json", result)
     plot(result, out / "errors.png", args.dataset + (f" {args.image_size}x{args.image_size}" if args.image_size else ""))
-    print("ratio of gDDIM's best error to the best peer's (same grid / any gDDIM grid):")
-    for row in result["ratios"]:
-        cells = [f"{m[:4]} {row[m]['ratio_same_grid']:.3g} / {row[m]['ratio_any_grid']:.3g}" for m in ("path_error", "data_error")]
-        print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
+    print_summary(result)
     print(f"wrote {out / 'results.json'} and {out / 'errors.png'}")
     return 0
 

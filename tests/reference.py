@@ -180,6 +180,19 @@ def scalar_posterior(a_s, var_s, a_t, var_t):
     return c_t + c_data / a_t, -c_data * np.sqrt(var_t) / a_t, var_s * beta / var_t
 
 
+def dirac_step_law(process, rec, point: np.ndarray):
+    """What each step of a q = 0 recursion makes of u_t ~ N(m_t, Σ_t) for Dirac data with the oracle
+    ε = R_t⁻¹(u − m_t), and the exact law N(m_s, Σ_s) it must give (MATH §3.2): returns ((mean, cov), (m_s, Σ_s)).
+    The mean is A m_t (the oracle's ε has mean 0), the covariance M Σ_t Mᵀ + S Sᵀ with M = A + C R_t⁻¹.
+    point: the clean state (x, 0) per mode, shape (M, k, 1)."""
+    t, s = rec.times, rec.next_times
+    T = lambda a: np.swapaxes(a, -1, -2)
+    M = rec.A + rec.C[:, 0] @ np.linalg.inv(process.R(t))
+    noise = 0.0 if rec.S is None else rec.S @ T(rec.S)
+    law = (rec.A @ process.mean_coef(t) @ point, M @ process.sigma(t) @ T(M) + noise)
+    return law, (process.mean_coef(s) @ point, process.sigma(s))
+
+
 def cov_tolerance(cov: np.ndarray, n: int, z: float = 5.0) -> np.ndarray:
     """z standard errors of each entry of the sample covariance of n zero-mean Gaussian draws:
     sd(S_ij) = √((Σ_ij² + Σ_iiΣ_jj)/n)."""

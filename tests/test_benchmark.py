@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gddim
-from gddim import benchmark
+from gddim import benchmark, sweeps
 from gddim.benchmark import Variant
 from gddim.cli import main
 
@@ -34,7 +34,7 @@ def _records(result, process, label):
 def test_quick_run_writes_results_plots_and_machine(quick_run):
     out, result = quick_run
     assert {p.name for p in out.iterdir()} == {"results.json", "vp.png", "cld.png", "bdm.png"}
-    assert result["batch"] == benchmark.QUICK["batch"] and result["nfes"] == list(benchmark.QUICK["nfes"])
+    assert result["batch"] == sweeps.QUICK["batch"] and result["nfes"] == list(sweeps.QUICK["nfes"])
     assert result["data_points"] == 300 and result["image_shape"] == [1, 8, 8]
     assert {"cores", "torch", "device", "torch_threads"} <= set(result["machine"])
     assert result["command"].startswith("gddim bench exact --dataset digits")

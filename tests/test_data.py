@@ -1,5 +1,8 @@
 import itertools
+import os
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,25 @@ def test_digits_shape_range_and_fixed_split():
     assert torch.equal(load_images("digits"), train)
 
 
+def _py2_cifar_batch(data: np.ndarray, labels: list[int], name: str) -> bytes:
+    """A batch as Python 2's cPickle wrote the CIFAR-10 release: protocol 2, strings as BINSTRING, numpy 1 names."""
+
+    def text(b: bytes) -> bytes:
+        return b"T" + struct.pack("<I", len(b)) + b
+
+    def integer(v: int) -> bytes:
+        return b"J" + struct.pack("<i", v)
+
+    dtype = b"cnumpy\ndtype\n" + text(b"u1") + integer(0) + integer(1) + b"\x87R(" + integer(3) + text(b"|") \
+        + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb"
+    array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + text(b"b") \
+        + b"\x87R(" + integer(1) + integer(data.shape[0]) + integer(data.shape[1]) + b"\x86" + dtype + b"\x89" \
+        + text(data.tobytes()) + b"tb"
+    label_list = b"](" + b"".join(integer(v) for v in labels) + b"e"
+    return b"\x80\x02}(" + text(b"data") + array + text(b"labels") + label_list + text(b"batch_label") \
+        + text(name.encode()) + b"u."
+
+
 def _write_cifar(folder: Path, per_batch: int) -> dict[str, tuple[np.ndarray, list[int]]]:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
@@ -30,8 +52,7 @@ def _write_cifar(folder: Path, per_batch: int) -> dict[str, tuple[np.ndarray, li
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+        (folder / name).write_bytes(_py2_cifar_batch(data, labels, name))
         written[name] = (data, labels)
     return written
 
@@ -50,6 +71,42 @@ def test_cifar10_folder_shapes_pixels_and_labels(tmp_path):
     assert torch.allclose(test, expected, atol=1e-6)
     assert load_labels(str(folder), "test").tolist() == written["test_batch"][1]
     assert load_images(str(folder), image_size=16).shape == (15, 3, 16, 16)
+
+
+def test_cifar10_batch_pickled_by_python3_and_numpy2_also_loads(tmp_path):
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [3, 4]}, protocol=4))
+    assert load_labels(str(folder), "test").tolist() == [3, 4]
+    assert torch.allclose(load_images(str(folder), "test").flatten(1), torch.from_numpy(data / 127.5 - 1).float(),
+                          atol=1e-6)  # float32 arithmetic of the two roads to [-1, 1]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("payload", ["reduce", "labels", "not-a-dict", "truncated"])
+def test_cifar10_batch_that_would_run_code_or_is_not_a_batch_is_refused(tmp_path, payload):
+    folder, marker = tmp_path / "cifar-10-batches-py", tmp_path / "marker"
+    folder.mkdir()
+    good = _py2_cifar_batch(np.zeros((1, 3072), np.uint8), [0], "x")
+    content = {"reduce": pickle.dumps({b"data": _RunsCode(marker), b"labels": [0]}, protocol=4),
+               "labels": pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [_RunsCode(marker)]}),
+               "not-a-dict": pickle.dumps([1, 2]), "truncated": good[: len(good) // 2]}[payload]
+    (folder / "data_batch_1").write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_images(str(folder))
+    message = str(info.value)
+    assert str(folder / "data_batch_1") in message and "not a CIFAR-10 python batch" in message
+    if payload in ("reduce", "labels"):
+        assert f"{os.system.__module__}.system" in message  # the refused global is named
+    assert not marker.exists()
 
 
 def test_cifar10_prefix_on_a_folder_without_batches(tmp_path):
@@ -83,6 +140,16 @@ def test_image_folder_gray_and_rgb(tmp_path):
 def test_empty_folder_names_the_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(DataError, match=f"no images .* in folder {tmp_path}"):
+        load_images(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"not a png at all", "truncated"])
+def test_corrupt_image_is_named(tmp_path, content):
+    _png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
+    _png(tmp_path / "b.png", np.full((8, 8), 7, dtype=np.uint8))
+    whole = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(whole[: len(whole) // 2] if content == "truncated" else content)
+    with pytest.raises(DataError, match=rf"{tmp_path / 'b.png'} is not a readable image .*remove or replace it"):
         load_images(str(tmp_path))
 
 
@@ -130,6 +197,26 @@ def test_npz_uint8_and_float(tmp_path):
         load_images(str(tmp_path / "bad.npz"))
     with pytest.raises(DataError, match="single set of images"):
         load_images(str(tmp_path / "f.npz"), "test")
+
+
+@pytest.mark.parametrize("kind", ["not-zip", "corrupt-member", "objects"])
+def test_unreadable_npz_is_named_and_never_advises_pickle(tmp_path, kind):
+    path = tmp_path / "x.npz"
+    if kind == "not-zip":
+        np.save(tmp_path / "x.npy", np.zeros((2, 4, 4), np.uint8))
+        (tmp_path / "x.npy").rename(path)
+        expected = "not an .npz file (not a zip archive)"
+    elif kind == "corrupt-member":
+        with zipfile.ZipFile(path, "w") as archive:  # a zip whose member is no .npy array
+            archive.writestr("images.npy", b"garbage bytes, no npy header")
+        expected = "is a corrupt .npz file"
+    else:
+        np.savez(path, images=np.array([{"a": 1}, None], dtype=object))
+        expected = "holds Python objects; store the images as a uint8 or float array"
+    with pytest.raises(DataError) as info:
+        load_images(str(path))
+    assert str(path) in str(info.value) and expected in str(info.value)
+    assert "allow_pickle" not in str(info.value)
 
 
 def test_missing_path_and_unlabelled_source(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import diffusers
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 import gddim
 from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_alpha_bar
+from gddim.errors import CheckpointError
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
 
@@ -269,3 +271,12 @@ def test_unet_folder_converts_v_prediction(pipeline_folder, tmp_path):
         load_unet_eps(tmp_path)
     with pytest.raises(ValueError, match="VP"):
         load_unet_eps(pipeline_folder, process=gddim.CLD())
+
+
+def test_pickled_unet_weights_are_never_loaded(pipeline_folder, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(pipeline_folder, folder)
+    tiny_unet().save_pretrained(folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin, a pickle
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=f"cannot load the diffusers model in {folder}: .*safetensors"):
+        load_unet_eps(folder)

@@ -52,7 +52,7 @@ class Smoke:
 SMOKE = {
     "gddim quickstart --out runs/quickstart": Smoke(("--steps", "2", "--n", "8")),
     "python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits": Smoke(PEERS_SMOKE),
-    "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 10000 --out "
+    "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
     "benchmarks/peers_fashion-mnist": Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
     "python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json": Smoke(("--quick",)),
     "gddim bench exact --dataset digits --out benchmarks/exact_digits --threads 1":
@@ -83,8 +83,9 @@ SMOKE = {
                         "--no-progress"), replace=(("--nproc_per_node=8", "--nproc_per_node=2"),)),
     # --inception needs torch-fidelity's weights file, which nothing here may download; the rest runs as written
     "gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --n 50000 --batch 1000 --device cuda "
-    "--inception /path/to/weights-inception-2015-12-05-6726825d.pth --out runs/cifar10_cld_paper/fid50k":
-        Smoke(("--nfe", "5", "--n", "4", "--batch", "4", "--device", "cpu"), drop=("--inception",), after=CIFAR_TRAIN),
+    "--data cifar10:/path/to/cifar-10-batches-py --inception /path/to/weights-inception-2015-12-05-6726825d.pth "
+    "--out runs/cifar10_cld_paper/fid50k": Smoke(("--nfe", "5", "--n", "4", "--batch", "4", "--device", "cpu", "--data",
+                                                 "digits"), drop=("--inception",), after=CIFAR_TRAIN),
 }
 # benchmark scripts that no README block runs: (command, the documented command whose output it reads)
 UNDOCUMENTED = {

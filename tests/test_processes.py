@@ -15,7 +15,7 @@ import scipy.linalg
 import torch
 
 import gddim
-from gddim import blocks
+from gddim import blocks, training
 from gddim.processes import DCTBasis
 
 import reference as ref
@@ -240,9 +240,11 @@ def test_drift_and_noise_match_the_marginals(name):
 
 # ---- the general linear SDE ------------------------------------------------------------------------
 
-def _as_linear_sde(p) -> gddim.LinearSDE:
+def _as_linear_sde(p, **options) -> gddim.LinearSDE:
+    """p rebuilt from its F and G on p's own sampling range (the cosine VP's β is unbounded after t_start)."""
     return gddim.LinearSDE(lambda t: p.F(t)[0], lambda t: diagonal_root(p.GGT(t)[0]), p.sigma(0.0)[0], p.k,
-                           mode_shape=p.mode_shape, basis=p.basis.name)
+                           mode_shape=p.mode_shape, basis=p.basis.name, t_start=p.t_start, t_end=p.t_end,
+                           **options)
 
 
 @pytest.mark.parametrize("name", ref.PROCESS_NAMES)
@@ -260,6 +262,67 @@ def test_linear_sde_matches_closed_forms(name):
     assert ref.rel_err(general.sigma(t), p.sigma(t)) < 1e-10
     assert ref.rel_err(general.R(t), p.R(t)) < 1e-10
     assert general.basis.name == p.basis.name and general.mode_shape == p.mode_shape
+
+
+def _scalar_sde(G, **options) -> gddim.LinearSDE:
+    return gddim.LinearSDE(lambda t: -0.5, G, 0.0, 1, **options)
+
+
+def test_linear_sde_is_solved_and_queried_on_its_own_range():
+    """The ODE runs over [0, t_max] (t_max = t_start unless given); no method answers outside it by extrapolating."""
+    p = ref.build("vp-cosine")
+    general = _as_linear_sde(p)
+    assert general.t_max == p.t_start and general.config()["t_max"] == p.t_start
+    for query in (lambda t: general.sigma(t), lambda t: general.R(t), lambda t: general.psi(t, 0.5),
+                  lambda t: general.F(t), lambda t: general.GGT(t), lambda t: general.sigma([0.5, -1e-9])):
+        with pytest.raises(ValueError, match=r"defined on t in \[0, 0\.99\d*\] \(its t_max\).*larger t_max"):
+            query(1.0)
+    longer = _scalar_sde(lambda t: 1.0, t_start=0.5, t_max=0.8)
+    assert longer.sigma(0.8)[0, 0, 0, 0] == pytest.approx(1 - math.exp(-0.8), rel=1e-12)  # Σ' = -Σ + 1
+
+
+def test_linear_sde_training_times_stay_in_its_range():
+    """Training draws t in [t_train_min, t_max]: a LinearSDE on [0, 0.5] is never asked for a later time."""
+    process = _scalar_sde(lambda t: 1.0, t_start=0.5)
+    seen = []
+
+    def model(u, t):
+        seen.append(t)
+        return torch.zeros_like(u)
+
+    x0 = torch.zeros(4000, 1, 1, 1, dtype=torch.float64)
+    training.diffusion_loss(process, model, x0, generator=torch.Generator().manual_seed(0))
+    t = seen[0]
+    assert process.t_train_min <= t.min() and t.max() <= 0.5 and t.max() > 0.49
+
+
+def test_linear_sde_refuses_a_singular_drift():
+    """The cosine VP's β ~ 2/(1 - t) asked for up to t = 1: the end point or the approach to it is caught
+    (which one depends on the solver's steps, never on the BLAS kernel: both are refused)."""
+    message = (r"^[FG]\(t\) is singular at t = (1|0\.99999\d*): \|(F|GGᵀ)\| = .* there, beyond what the process ODE "
+               r"can follow .*; end the time range before it \(lower t_start/t_max\) or fix [FG]$")
+    with pytest.raises(ValueError, match=message):
+        _as_linear_sde(ref.build("vp-cosine"), t_max=1.0)
+
+
+@pytest.mark.parametrize("G,message", [
+    (lambda t: np.sqrt(0.5 - t) if t <= 0.5 else np.nan, r"^G\(t\) is not finite at t = 0\.5\d*; a LinearSDE needs finite F "
+     r"and G on its time range \[0, t_max = 0\.9\]: fix G or lower t_start/t_max$"),
+    (lambda t: 1 / (t - 0.5), r"^G\(t\) is singular at t = 0\.49\d*: \|GGᵀ\| = 1\.\d+e\+08 there"),
+], ids=["nan", "pole"])
+def test_linear_sde_refuses_a_singular_or_non_finite_noise(G, message):
+    with pytest.raises(ValueError, match=message):
+        _scalar_sde(G, t_start=0.9)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(t_start=0.9, t_max=0.8), r"0 < t_end < t_start <= t_max; got t_end=0\.001, t_start=0\.9, t_max=0\.8"),
+    (dict(t_end=0.0), r"0 < t_end < t_start <= t_max; got t_end=0\.0, t_start=1\.0, t_max=1\.0"),
+    (dict(t_end=0.5, t_start=0.4), r"got t_end=0\.5, t_start=0\.4"),
+], ids=["start-after-max", "end-at-zero", "end-after-start"])
+def test_linear_sde_time_range_is_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        _scalar_sde(lambda t: 1.0, **options)
 
 
 # ---- log-SNR ---------------------------------------------------------------------------------------
@@ -386,3 +449,28 @@ def test_config_rebuilds_the_same_process(process):
 def test_unknown_process_in_config_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown process 'ddpm' in config; known: \['bdm', 'cld', 'vp', 'vp-discrete'\]"):
         gddim.process_from_config({"process": "ddpm"})
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: gddim.VP(beta_min=-1.0), r"^VP needs 0 <= beta_min < beta_max \(β\(t\) >= 0\); got beta_min=-1\.0$"),
+    (lambda: gddim.VP(beta_max=math.inf), r"^VP needs 0 <= beta_min < beta_max \(beta_min=0\.1\); got beta_max=inf$"),
+    (lambda: gddim.VP(schedule="cosine", cosine_s=-0.01), r"^VP needs cosine_s >= 0 .*; got cosine_s=-0\.01$"),
+    (lambda: gddim.CLD(m_inv=0.0), r"^CLD needs m_inv > 0 \(M⁻¹, the inverse mass\); got m_inv=0\.0$"),
+    (lambda: gddim.CLD(m_inv=math.nan), r"^CLD needs m_inv > 0 .*; got m_inv=nan$"),
+    (lambda: gddim.CLD(gamma=-0.1), r"^CLD needs gamma >= 0 .*; got gamma=-0\.1$"),
+    (lambda: gddim.CLD(eps_num=-1e-6), r"^CLD needs eps_num >= 0; got eps_num=-1e-06$"),
+    (lambda: gddim.CLD(beta_0=-4.0), r"^CLD needs β\(0\) = beta_0 > 0; got beta_0=-4\.0$"),
+    (lambda: gddim.CLD(beta_1=-4.0), r"^CLD needs β\(1\) = beta_0 \+ beta_1 > 0 \(beta_0=4\.0\); got beta_1=-4\.0$"),
+    (lambda: gddim.BDM(image_size=0), r"^BDM needs image_size a positive integer or a pair \(H, W\) of them; got 0$"),
+    (lambda: gddim.BDM(image_size=(4, 4, 4)), r"pair \(H, W\) of them; got \(4, 4, 4\)$"),
+    (lambda: gddim.BDM(image_size=8.0), r"pair \(H, W\) of them; got 8\.0$"),
+    (lambda: gddim.BDM(sigma_blur_max=-1.0), r"^BDM needs sigma_blur_max >= 0; got sigma_blur_max=-1\.0$"),
+    (lambda: gddim.BDM(min_scale=0.0), r"^BDM needs 0 < min_scale <= 1; got min_scale=0\.0$"),
+    (lambda: gddim.BDM(offset=-0.004), r"^BDM needs offset >= 0 .*; got offset=-0\.004$"),
+], ids=["vp-beta-min", "vp-beta-max", "vp-cosine-s", "cld-m-inv", "cld-m-inv-nan", "cld-gamma", "cld-eps-num",
+        "cld-beta-0", "cld-beta-1", "bdm-size-0", "bdm-size-3d", "bdm-size-float", "bdm-sigma-blur", "bdm-min-scale",
+        "bdm-offset"])
+def test_nonsense_process_parameters_are_refused(build, message):
+    """A parameter outside its valid range is a ValueError naming it, its value and the rule."""
+    with pytest.raises(ValueError, match=message):
+        build()

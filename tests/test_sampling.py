@@ -134,13 +134,10 @@ def test_stochastic_step_is_exact_for_dirac_data(name, lam):
     t, s = ts[:-1], ts[1:]
     point = np.linspace(-0.8, 0.7, process.k * process.modes).reshape(process.modes, process.k, 1)
     point[:, 1:] = 0.0  # clean data has zero velocity
-    m_t, m_s = process.mean_coef(t) @ point, process.mean_coef(s) @ point
-    M = rec.A + rec.C[:, 0] @ np.linalg.inv(process.R(t))
-    mean = rec.A @ m_t
-    cov = M @ process.sigma(t) @ blocks.transpose(M) + rec.S @ blocks.transpose(rec.S)
+    (mean, cov), (m_s, sigma_s) = ref.dirac_step_law(process, rec, point)
     scale = lambda a: np.abs(a).max(axis=(-1, -2), keepdims=True)
     assert np.all(np.abs(mean - m_s) <= 1e-12 * scale(m_s) + 1e-15)
-    assert np.all(np.abs(cov - process.sigma(s)) <= 1e-12 * scale(process.sigma(s)))
+    assert np.all(np.abs(cov - sigma_s) <= 1e-12 * scale(sigma_s))
     # P by its ODE on a mid-grid step (Radau, rtol 1e-12): BDM's highest frequency is the one that blurs
     mode, i = process.modes - 1, 2
     fn = lambda what: ref.mode_fn(process, what, mode)

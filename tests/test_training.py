@@ -18,7 +18,7 @@ import gddim
 from gddim import evaluation, training
 from gddim.cli import main
 from gddim.data import load_images
-from gddim.evaluation import Sampler, sample_images, save_grid, save_npz
+from gddim.evaluation import Sampler, sample_images, save_grid, save_npz, to_uint8
 from gddim.sampling import SamplerError
 from gddim.networks import EpsModel, NetworkConfig, NetworkConfigError, TIME_SCALE, preset
 from gddim.training import CheckpointError, TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
@@ -257,7 +257,12 @@ def test_grid_and_npz(tmp_path, cld_run):
     x = x.float()
     grid = save_grid(x, tmp_path / "g.png", nrow=3)
     from PIL import Image
-    assert Image.open(grid).size == (4 * (3 * 9 + 1), 4 * (2 * 9 + 1))  # 8x8 tiles + 1px gaps, enlarged 4x
+    assert Image.open(grid).size == (6 * (3 * 9 + 1), 6 * (2 * 9 + 1))  # 8x8 tiles + 1px gaps, enlarged 6x
+    tiles = np.asarray(Image.open(save_grid(x.repeat(13, 1, 1, 1)[:64], tmp_path / "g64.png")))
+    assert tiles.shape == (438, 438)  # 8 rows of 8 digits, each tile 48 px: readable
+    expected = np.kron(to_uint8(x[:1])[0, :, :, 0], np.ones((6, 6), np.uint8))  # nearest: every pixel a 6x6 block
+    assert np.array_equal(tiles[6:54, 6:54], expected)
+    assert Image.open(save_grid(torch.zeros(4, 3, 32, 32), tmp_path / "c.png")).size == (2 * 67, 2 * 67)
     loaded = load_images(str(save_npz(x, tmp_path / "s.npz")))
     assert loaded.shape == x.shape and torch.allclose(loaded, x.clamp(-1, 1), atol=1 / 255 + 1e-6)
 

@@ -29,15 +29,13 @@ from tqdm.auto import tqdm
 
 from .coefficients import denoising_step
 from .data import DataError, load_images
+from .errors import SettingsError
 from .exact import exact_eps
 from .grids import steps_for_nfe
 from .processes import PROCESSES, LinearProcess, make_process
 from .sampling import EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
+from .sweeps import COEFFICIENT_NFES, NFES, REFERENCE_RTOL
 
-NFES = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
-REFERENCE_RTOL = 1e-10  # the reference ODE is also solved at half of it: the difference is reported
-QUICK = {"batch": 16, "nfes": (5, 10, 20, 50), "rtol": 1e-8}  # the smoke-test size of `gddim bench exact --quick`
-COEFFICIENT_NFES = (10, 50, 100, 500, 1000)
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
 L_VS_R_NFES = (10, 20, 50)
 SMALL_NFES = (5, 10, 20)
@@ -163,7 +161,7 @@ def exact_score_benchmark(dataset: str = "digits", out_dir: str | Path | None = 
     results.json and one PNG per process there.
     """
     if batch < 1 or not nfes or min(nfes) < 1 or (data_points is not None and data_points < 1):
-        raise ValueError(f"need batch >= 1, positive NFEs and data_points >= 1; got {batch=}, {nfes=}, {data_points=}")
+        raise SettingsError(f"need batch >= 1, positive NFEs and data_points >= 1; got {batch=}, {nfes=}, {data_points=}")
     started = time.perf_counter()
     data = benchmark_images(dataset, split, image_size)[:data_points].double()
     processes, nfes = tuple(processes), tuple(sorted(set(int(n) for n in nfes)))
@@ -411,7 +409,7 @@ def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes:
     gddim at λ = `lam` (q = 0).
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise SettingsError(f"repeats must be >= 1, got {repeats}")
     configs = [(q, 0.0) for q in orders] + [(0, lam)]
     jobs = [(name, nfe, q, l) for name in processes for nfe in nfes for q, l in configs]
     records = []

@@ -7,8 +7,9 @@ Sources understood by `load_images` (and `load_labels` where the source has labe
 - ``"fashion-mnist"``: the idx files of the Debian package ``dataset-fashion-mnist`` (60k train, 10k test,
   28x28, one channel), read from /usr/share/datasets/fashion-mnist or from ``$GDDIM_FASHION_MNIST_DIR``.
 - ``"cifar10:PATH"``, or a PATH to a ``cifar-10-batches-py`` folder: the pickled batches of the standard
-  CIFAR-10 python release (data_batch_1..5 are "train", test_batch is "test"). Pickle runs code on load:
-  only point this at files you trust.
+  CIFAR-10 python release (data_batch_1..5 are "train", test_batch is "test"). They are pickles, read by
+  an unpickler that knows only what the release holds (a dict of strings, lists and uint8 numpy arrays) and
+  refuses everything else, so a crafted batch cannot run code.
 - a folder of images (png, jpg, jpeg, bmp, webp; searched recursively, sorted by relative path): one
   channel if every image is grayscale, otherwise RGB. A single split, "train".
 - an ``.npz`` file: the array under "images" (or its only array): (N, H, W) or (N, H, W, C) uint8 in
@@ -20,6 +21,8 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -27,15 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError, SettingsError
+
+BUILT_IN_DATA = ("digits", "fashion-mnist")  # read from installed packages; every other source is a path
 DIGITS_TRAIN_SIZE = 1500
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "GDDIM_FASHION_MNIST_DIR"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+# the only globals a CIFAR-10 python batch refers to (its numpy arrays), as numpy 1 and numpy 2 spell them
+CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy", "ndarray"), ("numpy", "dtype")}
 SPLITS = ("train", "test")
-
-
-class DataError(Exception):
-    """A data source that cannot be read, with what to do about it."""
 
 
 def load_images(source: str, split: str = "train", image_size: int | None = None) -> torch.Tensor:
@@ -112,12 +117,12 @@ def make_loader(
     All ranks must pass the same seed.
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        raise SettingsError(f"rank must be in [0, {world_size}), got {rank}")
     if batch_size < 1 or seed < 0 or start_step < 0:
-        raise ValueError("batch_size must be positive, seed and start_step non-negative")
+        raise SettingsError("batch_size must be positive, seed and start_step non-negative")
     n = images.shape[0] // world_size
     if n == 0:
-        raise ValueError(f"{images.shape[0]} images cannot be shared among {world_size} ranks")
+        raise SettingsError(f"{images.shape[0]} images cannot be shared among {world_size} ranks")
 
     def shard(epoch: int) -> torch.Tensor:
         perm = np.random.default_rng([seed, 0, epoch, 0]).permutation(images.shape[0])
@@ -227,11 +232,40 @@ def _cifar10(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         file = folder / name
         if not file.is_file():
             raise DataError(f"CIFAR-10 folder {folder} lacks {name}")
-        with open(file, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        batch_data, batch_labels = _cifar_batch(file)
+        data.append(batch_data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
     return _to_unit_range(np.concatenate(data), 255.0), torch.from_numpy(np.concatenate(labels))
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only CIFAR_GLOBALS: any other global (os.system, builtins.eval, ...) is refused, not looked up."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR-10 batch contains")
+        if name == "_reconstruct":
+            return np.ndarray((0,), np.uint8).__reduce__()[0]  # numpy's own, whichever module holds it
+        return np.ndarray if name == "ndarray" else np.dtype
+
+
+def _cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(data uint8 (n, 3072), labels int64 (n,)) of one batch file, or a DataError naming the file."""
+    refused = f"{file} is not a CIFAR-10 python batch, so gddim refuses to read it"
+    try:
+        with open(file, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{refused}: {err}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
+        raise DataError(f"{refused}: the file is corrupt or truncated ({type(err).__name__}: {err})") from None
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise DataError(f"{refused}: it needs b'data', a uint8 array of shape (n, 3072)")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(type(v) is int for v in labels)):
+        raise DataError(f"{refused}: it needs b'labels', a list of {len(data)} integers")
+    return data, np.asarray(labels, dtype=np.int64)
 
 
 def _image_folder(path: Path, image_size: int | None) -> torch.Tensor:
@@ -245,8 +279,11 @@ def _image_folder(path: Path, image_size: int | None) -> torch.Tensor:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}")
     arrays = []
     for p in files:
-        with Image.open(p) as im:
-            arrays.append(np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")))
+        try:
+            with Image.open(p) as im:
+                arrays.append(np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+            raise DataError(f"{p} is not a readable image ({err}); remove or replace it") from None
     if any(a.ndim == 3 for a in arrays):  # one colour image makes the whole set RGB
         arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
     if image_size is None:
@@ -269,15 +306,28 @@ def _hwc_to_unit(x: np.ndarray) -> torch.Tensor:
     return _to_unit_range(np.ascontiguousarray(x), 255.0)
 
 
+def _npz_images(path: Path) -> np.ndarray:
+    """The images array of an .npz archive; never unpickles (arrays of Python objects are refused)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz file (not a zip archive); write one with numpy.savez(PATH, images=x)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            if "images" not in keys and len(keys) != 1:
+                raise DataError(f"{path} holds arrays {keys}; name the images array 'images'")
+            x = archive["images" if "images" in keys else keys[0]]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        if "pickle" in str(err):  # numpy's advice (allow_pickle) would let the file run code: not given
+            raise DataError(f"{path}: its array holds Python objects; store the images as a uint8 or float "
+                            "array") from None
+        raise DataError(f"{path} is a corrupt .npz file ({type(err).__name__}: {err})") from None
+    if not isinstance(x, np.ndarray):  # numpy hands back the raw bytes of a member without an .npy header
+        raise DataError(f"{path} is a corrupt .npz file (its member is not an .npy array)")
+    return x
+
+
 def _npz(path: Path) -> torch.Tensor:
-    with np.load(path) as archive:
-        keys = list(archive.keys())
-        if "images" in keys:
-            x = archive["images"]
-        elif len(keys) == 1:
-            x = archive[keys[0]]
-        else:
-            raise DataError(f"{path} holds arrays {keys}; name the images array 'images'")
+    x = _npz_images(path)
     if x.dtype == np.uint8:
         if x.ndim not in (3, 4):
             raise DataError(f"{path}: uint8 images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")

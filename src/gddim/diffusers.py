@@ -27,6 +27,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import coefficients
+from .errors import CheckpointError
 from .processes import VP, DiscreteVP
 from .processes.base import as_times
 from .sampling import MAX_ORDER, check_order_and_lam
@@ -320,8 +321,13 @@ def load_unet_eps(path: str | Path, process: VP | None = None, schedule: dict | 
         if found is None:
             raise FileNotFoundError(f"no scheduler_config.json in {folder} or {folder / 'scheduler'}: pass "
                                     "schedule=<the training scheduler's config dict> to say which ᾱ the model learned")
-        schedule = json.loads(found.read_text())
-    known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-    model_schedule = DiscreteVP(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
-    unet = diffusers.UNet2DModel.from_pretrained(unet_config.parent)
+    try:  # a folder made elsewhere: whatever fails to load is named with the folder
+        schedule = json.loads(found.read_text()) if schedule is None else schedule
+        known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        model_schedule = DiscreteVP(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
+        # safetensors only: diffusion_pytorch_model.bin is a pickle, never loaded
+        unet = diffusers.UNet2DModel.from_pretrained(unet_config.parent, use_safetensors=True)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot load the diffusers model in {folder}: {reason}") from None
     return UNetEps(unet, model_schedule, schedule.get("prediction_type", "epsilon"), process).to(device).eval()

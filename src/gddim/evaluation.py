@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .data import load_images
+from .errors import SettingsError
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
 from .processes import LinearProcess
@@ -42,14 +43,14 @@ class Sampler:
         for option in options:
             key, eq, value = option.partition("=")
             if not eq or key not in SAMPLER_KEYS:
-                raise ValueError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
+                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
                                  "e.g. gddim:q=2 or gddim:lam=0.5")
             values[SAMPLER_KEYS[key]] = value
         try:
             return cls(method, int(values.get("order", 0)),
                        float(values["lam"]) if "lam" in values else None, values.get("parameterization", "R"))
         except ValueError:
-            raise ValueError(f"bad number in sampler spec {spec!r}") from None
+            raise SettingsError(f"bad number in sampler spec {spec!r}") from None
 
     @property
     def label(self) -> str:
@@ -74,7 +75,7 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
                   device=None, progress: bool = False) -> torch.Tensor:
     """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise."""
     if n < 1 or batch < 1:
-        raise ValueError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+        raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
     weight = next(model.parameters())
     device = torch.device(device) if device is not None else weight.device
     model = model.to(device).eval()
@@ -106,8 +107,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 32) -> Path:
-    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest) to at least min_size."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48) -> Path:
+    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
+    least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
     pixels = to_uint8(images)
@@ -139,30 +141,29 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 
-def real_reference(checkpoint: Checkpoint) -> torch.Tensor:
-    """The training images the checkpoint's data record names."""
-    data = checkpoint.meta.get("data", {})
-    if "source" not in data:
-        raise ValueError(f"{checkpoint.path} does not record its data source; pass the real images explicitly")
-    return load_images(data["source"], "train", data.get("image_size"))
+def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Tensor:
+    """The training images: `data` if given, else the built-in data set the checkpoint names (never a recorded path)."""
+    source, image_size = checkpoint.data_source(data)
+    return load_images(source, "train", image_size)
 
 
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True) -> dict:
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
     With inception (a local weights file of torch-fidelity's Inception) it is standard FID of n samples
     against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
+    data names the training images when the checkpoint was trained on a path (see Checkpoint.data_source).
     Writes (if out_dir is given) metrics.json and quality_vs_nfe.png (unless save_metrics is False) and under
     grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes when given).
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
     samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
-    real = real_reference(checkpoint) if real is None else real
+    real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
             raise FileNotFoundError(f"Inception weights {inception} do not exist")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import SettingsError
 from .processes import LinearProcess
 
 GRIDS = ("quadratic", "uniform", "logsnr")
@@ -35,27 +36,27 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
     """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` may also be an explicit sequence."""
     if not isinstance(grid, str):
         if t_start is not None or t_end is not None:
-            raise ValueError("an explicit grid sets its own end points: leave t_start and t_end unset")
+            raise SettingsError("an explicit grid sets its own end points: leave t_start and t_end unset")
         ts = np.asarray(grid, dtype=np.float64)
         if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):
-            raise ValueError("an explicit grid must be a strictly decreasing 1-D sequence of at least 2 times")
+            raise SettingsError("an explicit grid must be a strictly decreasing 1-D sequence of at least 2 times")
         if not (0 < ts[-1] and ts[0] <= 1 + 1e-6):  # times found by inverting ᾱ (peers) land up to 3e-8 above 1
-            raise ValueError(f"an explicit grid must lie in (0, 1], the processes' time range; got times from "
+            raise SettingsError(f"an explicit grid must lie in (0, 1], the processes' time range; got times from "
                              f"{ts[0]:.6g} down to {ts[-1]:.6g}")
         return ts
     t_start = process.t_start if t_start is None else float(t_start)
     t_end = process.t_end if t_end is None else float(t_end)
     if not 0 < t_end < t_start:
-        raise ValueError(f"need 0 < t_end < t_start, got t_start={t_start}, t_end={t_end}")
+        raise SettingsError(f"need 0 < t_end < t_start, got t_start={t_start}, t_end={t_end}")
     if n_steps < 1:
-        raise ValueError(f"a grid needs at least one step, got {n_steps}")
+        raise SettingsError(f"a grid needs at least one step, got {n_steps}")
     if grid == "quadratic":
         return power_grid(t_start, t_end, n_steps, 2.0)
     if grid == "uniform":
         return power_grid(t_start, t_end, n_steps, 1.0)
     if grid == "logsnr":
         return logsnr_grid(process, t_start, t_end, n_steps)
-    raise ValueError(f"unknown grid {grid!r}; choose one of {GRIDS} or pass a sequence of times")
+    raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS} or pass a sequence of times")
 
 
 def steps_for_nfe(process: LinearProcess, nfe: int, denoise: bool | None = None) -> int:
@@ -63,5 +64,5 @@ def steps_for_nfe(process: LinearProcess, nfe: int, denoise: bool | None = None)
     denoise = process.denoise if denoise is None else denoise
     steps = int(nfe) - int(denoise)
     if steps < 1:
-        raise ValueError(f"nfe={nfe} leaves no integrator step" + (" after the denoising step" if denoise else ""))
+        raise SettingsError(f"nfe={nfe} leaves no integrator step" + (" after the denoising step" if denoise else ""))
     return steps

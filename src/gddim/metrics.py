@@ -23,6 +23,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
+from .errors import DependencyError, SettingsError
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -72,12 +74,13 @@ def available_feature_nets() -> list[str]:
 
 def load_feature_net(dataset: str, image_size: int) -> FeatureNet:
     """The shipped classifier for `dataset` at image_size x image_size, in eval mode and frozen."""
-    path = WEIGHTS_DIR / f"{dataset}_{image_size}.safetensors"
-    if not path.is_file():
-        raise ValueError(
+    name = f"{dataset}_{image_size}"
+    if name not in available_feature_nets():  # a name, never a path: a recorded source cannot point elsewhere
+        raise SettingsError(
             f"no feature-network weights for {dataset!r} at {image_size}x{image_size}; available: "
             f"{', '.join(available_feature_nets()) or 'none'} (make more with benchmarks/train_classifier.py)"
         )
+    path = WEIGHTS_DIR / f"{name}.safetensors"
     with safe_open(str(path), framework="pt") as f:
         config = {k: int(v) for k, v in f.metadata().items()}
     net = FeatureNet(**config)
@@ -134,8 +137,8 @@ def real_split(images: torch.Tensor, n: int | None = None, seed: int = 0) -> tup
     are scored against, and the held-out set that gives the real-vs-real floor."""
     n = images.shape[0] // 2 if n is None else n
     if not 2 <= n <= images.shape[0] // 2:
-        raise ValueError(f"n must lie in [2, {images.shape[0] // 2}] for {images.shape[0]} real images (the floor "
-                         f"needs 2n), got {n}")
+        raise SettingsError(f"n must lie in [2, {images.shape[0] // 2}] for {images.shape[0]} real images (the floor "
+                            f"needs 2n), got {n}")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
     return images[perm[:n]], images[perm[n : 2 * n]]
 
@@ -152,7 +155,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
         raise FileNotFoundError(f"Inception weights {weights_path} do not exist; pass a local copy of "
                                 f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ModuleNotFoundError(
+        raise DependencyError(
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "
             f"the path of a local {INCEPTION_WEIGHTS_FILE} as the weights path"
         )

@@ -19,14 +19,11 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from . import blocks
+from .errors import NetworkConfigError
 from .exact import gaussian_gain
 from .processes import LinearProcess
 
 TIME_SCALE = 999.0  # the network's time label is 999·t (MATH §9.7)
-
-
-class NetworkConfigError(ValueError):
-    """A network size that UNet2DModel cannot build for the given images."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from . import blocks, coefficients
 from .coefficients import Recursion
+from .errors import SamplerError, SettingsError
 from .grids import steps_for_nfe, time_grid
 from .processes import CLD, LinearProcess
 
@@ -23,30 +24,26 @@ METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
 
-class SamplerError(RuntimeError):
-    """The ε-model misbehaved during sampling (NaN, wrong shape)."""
-
-
 def check_order_and_lam(order: int, lam: float, order_name: str = "order q") -> None:
     """gDDIM's order q and stochasticity λ: q in 0..3, λ in [0, 1], and λ > 0 only at q = 0 (MATH §3.2)."""
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
-        raise ValueError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
+        raise SettingsError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"λ (lam) must lie in [0, 1], got {lam}")
+        raise SettingsError(f"λ (lam) must lie in [0, 1], got {lam}")
     if lam > 0 and order > 0:
-        raise ValueError(f"stochastic gDDIM (lam > 0) is the q = 0 step of MATH §3.2; use {order_name.split()[0]}=0")
+        raise SettingsError(f"stochastic gDDIM (lam > 0) is the q = 0 step of MATH §3.2; use {order_name.split()[0]}=0")
 
 
 def _check_options(process: LinearProcess, method: str, order: int, lam: float, parameterization: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise SettingsError(f"unknown method {method!r}; choose one of {METHODS}")
     check_order_and_lam(order, lam)
     if parameterization not in ("R", "L"):
-        raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
+        raise SettingsError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
     if method != "gddim" and (order != 0 or parameterization != "R"):
-        raise ValueError(f"order and parameterization belong to method='gddim'; {method!r} is first order in R")
+        raise SettingsError(f"order and parameterization belong to method='gddim'; {method!r} is first order in R")
     if method == "sscs" and not isinstance(process, CLD):
-        raise ValueError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
+        raise SettingsError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
 
 
 def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
@@ -55,7 +52,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
     """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process."""
     lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise)
     if method == "sscs":
-        raise ValueError("SSCS has its own splitting step; use sample(..., method='sscs')")
+        raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise)
     cache = process.__dict__.setdefault("_plans", {})
@@ -78,13 +75,13 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
     lam = _default_lam(method, lam)
     _check_options(process, method, order, lam, parameterization)
     if method == "sscs" and lam != 1.0:
-        raise ValueError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
+        raise SettingsError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
     if method == "sscs" and denoise is not None and denoise != process.denoise:
-        raise ValueError("SSCS always ends with CLD's denoising step; leave denoise unset")
+        raise SettingsError("SSCS always ends with CLD's denoising step; leave denoise unset")
     denoise = process.denoise if denoise is None else denoise
     n_steps = _steps(process, nfe, grid, denoise)
     if method == "gddim" and n_steps < order + 1:
-        raise ValueError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
+        raise SettingsError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
     return lam, denoise, n_steps
 
 
@@ -92,7 +89,7 @@ def _steps(process: LinearProcess, nfe: int, grid, denoise: bool) -> int:
     """Integrator steps for an NFE budget; an explicit grid must spend exactly that budget."""
     n_steps = steps_for_nfe(process, nfe, denoise)
     if not isinstance(grid, str) and len(grid) - 1 != n_steps:
-        raise ValueError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
+        raise SettingsError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
                          + (" (plus the denoising step)" if denoise else ""))
     return n_steps
 
@@ -100,7 +97,7 @@ def _steps(process: LinearProcess, nfe: int, grid, denoise: bool) -> int:
 def _default_lam(method: str, lam: float | None) -> float:
     if method == "ancestral":
         if lam not in (None, 1, 1.0):
-            raise ValueError("the ancestral step is stochastic gDDIM at λ = 1; use method='gddim' for other λ")
+            raise SettingsError("the ancestral step is stochastic gDDIM at λ = 1; use method='gddim' for other λ")
         return 1.0
     if lam is None:
         return 1.0 if method in ("em", "sscs") else 0.0

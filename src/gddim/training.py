@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import signal
 import threading
@@ -31,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .data import make_loader
+from .data import BUILT_IN_DATA, make_loader
+from .errors import CheckpointError, SettingsError, TrainingError
 from .networks import EpsModel, NetworkConfig
 from .processes import LinearProcess, process_from_config
 
@@ -40,14 +43,7 @@ VERSION = 1
 WEIGHTS, CONFIG, STATE, LATEST = "weights.safetensors", "config.json", "state.pt", "LATEST"
 # settings that may change when a run is resumed: they do not alter the sequence of updates
 RESUMABLE = ("steps", "ckpt_every", "sample_every", "sample_nfe")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names the step and the last checkpoint."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or does not fit what it is loaded into."""
+CHECKPOINT_NAME = re.compile(r"step_(\d{8,})")  # what LATEST may hold: a folder beside it, never a path
 
 
 @dataclass(frozen=True)
@@ -69,11 +65,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.ckpt_every < 1 or self.sample_every < 0:
-            raise ValueError("steps, batch_size and ckpt_every must be positive, sample_every non-negative")
+            raise SettingsError("steps, batch_size and ckpt_every must be positive, sample_every non-negative")
         if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("need lr > 0, warmup >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
+            raise SettingsError("need lr > 0, warmup >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
         if self.sample_nfe < 4:  # checked now, not at the end of training: the grids sample with gDDIM q = 2
-            raise ValueError(f"sample_nfe must be at least 4 (the sample grids use gDDIM q = 2), got {self.sample_nfe}")
+            raise SettingsError(f"sample_nfe must be at least 4 (the sample grids use gDDIM q = 2), got {self.sample_nfe}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from lr/warmup to lr over the first `warmup` steps, then constant (MATH §6.1)."""
@@ -95,9 +91,10 @@ class TrainResult:
 
 def diffusion_loss(process: LinearProcess, model: Callable, x0: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """mean (ε_θ(u_t, t) - z)² with u_t = mean_coef(t) u_0 + R_t z and t ~ U[t_train_min, 1] (MATH §6)."""
-    t_min = process.t_train_min
-    t = t_min + (1 - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    """mean (ε_θ(u_t, t) - z)² with u_t = mean_coef(t) u_0 + R_t z and t ~ U[t_train_min, t_max] (MATH §6; t_max = 1
+    but for a LinearSDE defined on a shorter range)."""
+    t_min, t_max = process.t_train_min, process.t_max
+    t = t_min + (t_max - t_min) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
     u_t, z = process.perturb(x0, t, generator=generator)
     return (model(u_t, t) - z).pow(2).mean()
 
@@ -142,7 +139,10 @@ class Checkpoint:
             if stored.get("process") == "linear":
                 raise CheckpointError(f"{self.path} was trained with a user-defined LinearSDE ({stored}); "
                                       "pass the same process object to load it")
-            return process_from_config(stored)
+            try:
+                return process_from_config(stored)
+            except (TypeError, ValueError) as err:  # a config.json edited by hand or made elsewhere
+                raise CheckpointError(f"{self.path / CONFIG}: its process {stored} cannot be built ({err})") from None
         if _normalized(process.config()) != stored:
             raise CheckpointError(f"{self.path} was trained with process {stored}, not {process.config()}: "
                                   "a model only fits the process (for CLD the R_0 recipe) it was trained on")
@@ -150,9 +150,30 @@ class Checkpoint:
 
     def network(self, which: str = "ema", device=None, process: LinearProcess | None = None) -> EpsModel:
         """The network with the EMA ('ema') or raw ('model') weights, in eval mode."""
-        model = EpsModel.from_spec(self.meta["network"], self.process(process))
+        try:
+            model = EpsModel.from_spec(self.meta["network"], self.process(process))
+        except (TypeError, KeyError) as err:
+            raise CheckpointError(f"{self.path / CONFIG}: its network record cannot be built ({err!r})") from None
         load_weights(model, self, which)
         return model.to(device).eval()
+
+
+    def data_source(self, given: str | None = None, option: str = "--data") -> tuple[str, int | None]:
+        """(source, image size) of the training images. A path recorded in the checkpoint is never opened on its
+        own (the folder may come from someone else): only a built-in data set, or `given`, the caller's source."""
+        data = self.meta.get("data") if isinstance(self.meta.get("data"), dict) else {}
+        size, source = data.get("image_size"), data.get("source")
+        if size is not None and (type(size) is not int or size < 1):
+            raise CheckpointError(f"{self.path / CONFIG}: data.image_size must be a positive integer or null, "
+                                  f"got {size!r}")
+        if given is not None:
+            return given, size
+        if source in BUILT_IN_DATA:
+            return source, size
+        if source is None:
+            raise SettingsError(f"{self.path} records no data source: name the training images with {option} PATH")
+        raise SettingsError(f"{self.path} was trained on {str(source)[:200]!r}, a path recorded in the run folder, "
+                            f"which gddim does not open unless you name it: pass it again with {option} PATH")
 
 
 def _normalized(obj):
@@ -208,9 +229,15 @@ def find_checkpoint(path: str | Path) -> Path:
         return path
     latest = path / "checkpoints" / LATEST
     if latest.is_file():
-        target = path / "checkpoints" / latest.read_text().strip()
+        name = latest.read_text(errors="replace").strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{latest} must name a checkpoint folder step_NNNNNNNN beside it, but holds "
+                                  f"{name[:200]!r}: a run folder's pointer cannot lead out of it")
+        target = path / "checkpoints" / name
         if not (target / CONFIG).is_file():
             raise CheckpointError(f"{latest} names {target.name}, which is missing or incomplete")
+        if not target.resolve().is_relative_to((path / "checkpoints").resolve()):
+            raise CheckpointError(f"{target} is a link out of the run folder {path}; gddim does not follow it")
         return target
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
@@ -229,6 +256,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{folder / CONFIG} is not a gddim checkpoint (no \"format\": \"{FORMAT}\")")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{folder} has checkpoint version {meta.get('version')}; this gddim reads {VERSION}")
+    for record in ("process", "network"):
+        if not isinstance(meta.get(record), dict):
+            raise CheckpointError(f"{folder / CONFIG} lacks its \"{record}\" record")
+    step, named = meta.get("step"), CHECKPOINT_NAME.fullmatch(folder.name)
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{folder / CONFIG}: \"step\" must be a non-negative integer, got {step!r}")
+    if named and int(named.group(1)) != step:
+        raise CheckpointError(f"{folder / CONFIG} says step {step}, but its folder is {folder.name}")
     if not (folder / WEIGHTS).is_file():
         raise CheckpointError(f"checkpoint {folder} lacks {WEIGHTS}")
     try:
@@ -372,7 +407,7 @@ def train(process: LinearProcess, images: torch.Tensor, out_dir: str | Path, net
 
 def _train(process, images, out_dir, network, config, data_info, resume, callback, progress, env: _Dist):
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"images must be square (N, C, H, W), got {tuple(images.shape)}")
+        raise SettingsError(f"images must be square (N, C, H, W), got {tuple(images.shape)}; pass an image size")
     process.check_state(process.data_to_state(images[:1]), "images")
     torch.manual_seed(config.seed)  # the initial weights, too, are a function of the seed
     model = EpsModel(network, images.shape[1], images.shape[-1], process.k, process).to(env.device)
@@ -464,10 +499,17 @@ def _safe(fn, *args):
 
 
 def _resume_state(checkpoint: Checkpoint) -> dict:
-    try:
-        state = torch.load(checkpoint.path / STATE, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"checkpoint {checkpoint.path}: {STATE} is missing or corrupt ({err})") from None
+    file = checkpoint.path / STATE
+    try:  # weights_only: tensors and plain containers only, the file cannot run code
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: not repeated
+        raise CheckpointError(f"{file} holds objects other than tensors and plain containers; gddim does not "
+                              "load it, as unpickling it could run code") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{file} is missing or corrupt ({reason})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+        raise CheckpointError(f"{file} is not a gddim optimizer state (expected a dict with \"optimizer\")")
     if state.get("step") != checkpoint.step:
         raise CheckpointError(f"checkpoint {checkpoint.path}: {STATE} is for step {state.get('step')}, "
                               f"{CONFIG} for step {checkpoint.step}")

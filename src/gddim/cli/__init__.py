@@ -1,6 +1,7 @@
 """The `gddim` command: argument parsing only; every command calls the library.
 
-Each module of this package registers its own sub-commands through `register(subparsers)`.
+Each module of this package registers its own sub-commands through `register(subparsers)`. Parsing imports
+nothing heavy (torch, diffusers, scipy load inside a command's run function), so `--help` answers at once.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Errors that are the user's to fix (bad settings, data, checkpoints, a diverging model) print one line on
-    stderr and exit with 2, without a traceback."""
-    from ..data import DataError
-    from ..sampling import SamplerError
-    from ..training import TrainingError
+    """Errors that are the user's to fix (a GddimError: bad settings, data, checkpoints, a diverging model; or an
+    OSError about a file) print one line on stderr and exit with 2, without a traceback."""
+    from ..errors import GddimError
+    from .options import check_device
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None):
+            check_device(args.device)
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, DataError, SamplerError, TrainingError) as err:
+    except (GddimError, OSError) as err:
         print(f"gddim {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -6,10 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-import torch
-
-from .. import benchmark
-from ..processes import PROCESSES
+from .. import sweeps
+from .options import PROCESSES, non_empty, non_negative, positive, positive_number
 
 
 def register(subparsers) -> None:
@@ -17,38 +15,43 @@ def register(subparsers) -> None:
     which = bench.add_subparsers(dest="benchmark", required=True)
 
     exact = which.add_parser("exact", help="every sampler on the exact ε of a finite data set: path and data errors")
-    exact.add_argument("--dataset", default="digits", help="data source of gddim.data.load_images (default digits)")
+    exact.add_argument("--dataset", default="digits", type=non_empty, help="data source of gddim.data.load_images (default digits)")
     exact.add_argument("--split", default="all", choices=("train", "test", "all"),
                        help="the data split; all (default) joins train and test")
-    exact.add_argument("--image-size", type=int, help="resize images to this square size first")
-    exact.add_argument("--data-points", type=int, help="keep only the first N images (default: all of the split)")
+    exact.add_argument("--image-size", type=positive, help="resize images to this square size first")
+    exact.add_argument("--data-points", type=positive, help="keep only the first N images (default: all of the split)")
     exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
-    exact.add_argument("--nfes", nargs="+", type=int, help=f"NFE values (default {' '.join(map(str, benchmark.NFES))})")
-    exact.add_argument("--batch", type=int, help="starting points (default 256)")
-    exact.add_argument("--seed", type=int, default=0)
-    exact.add_argument("--rtol", type=float,
-                       help=f"reference ODE tolerance, checked against half of it (default {benchmark.REFERENCE_RTOL:g})")
+    exact.add_argument("--nfes", nargs="+", type=positive, help=f"NFE values (default {' '.join(map(str, sweeps.NFES))})")
+    exact.add_argument("--batch", type=positive, help="starting points (default 256)")
+    exact.add_argument("--seed", type=non_negative, default=0)
+    exact.add_argument("--rtol", type=positive_number,
+                       help=f"reference ODE tolerance, checked against half of it (default {sweeps.REFERENCE_RTOL:g})")
     exact.add_argument("--quick", action="store_true",
-                       help="smoke-test size: batch {batch}, NFE {nfes}, rtol {rtol}".format(**benchmark.QUICK))
+                       help="smoke-test size: batch {batch}, NFE {nfes}, rtol {rtol}".format(**sweeps.QUICK))
     _add_common(exact)
     exact.set_defaults(run=run_exact)
 
     coeff = which.add_parser("coefficients", help="coefficient build time for a new grid from a cold start")
     coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
-    coeff.add_argument("--nfes", nargs="+", type=int, default=list(benchmark.COEFFICIENT_NFES))
-    coeff.add_argument("--repeats", type=int, default=5, help="builds per configuration; medians are reported")
-    coeff.add_argument("--bdm-image-size", type=int, default=32, help="BDM's image size (number of DCT modes)")
+    coeff.add_argument("--nfes", nargs="+", type=positive, default=list(sweeps.COEFFICIENT_NFES))
+    coeff.add_argument("--repeats", type=positive, default=5, help="builds per configuration; medians are reported")
+    coeff.add_argument("--bdm-image-size", type=positive, default=32, help="BDM's image size (number of DCT modes)")
     _add_common(coeff)
     coeff.set_defaults(run=run_coefficients)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="results folder (refused if it holds files)")
+    parser.add_argument("--out", type=lambda text: Path(non_empty(text)), required=True,
+                        help="results folder (refused if it holds files)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    parser.add_argument("--threads", type=int, help="torch threads (1 is fastest on a busy shared machine)")
+    parser.add_argument("--threads", type=positive, help="torch threads (1 is fastest on a busy shared machine)")
 
 
 def _prepare(args) -> None:
+    import torch
+
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"--out {args.out} is a file; name a folder")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; pass --overwrite to write into it or choose another --out")
     if args.threads is not None:
@@ -68,10 +71,12 @@ def _command(args, options: dict) -> str:
 
 
 def run_exact(args) -> int:
+    from .. import benchmark
+
     _prepare(args)
-    batch = args.batch or (benchmark.QUICK["batch"] if args.quick else 256)
-    nfes = tuple(args.nfes or (benchmark.QUICK["nfes"] if args.quick else benchmark.NFES))
-    rtol = args.rtol or (benchmark.QUICK["rtol"] if args.quick else benchmark.REFERENCE_RTOL)
+    batch = args.batch or (sweeps.QUICK["batch"] if args.quick else 256)
+    nfes = tuple(args.nfes or (sweeps.QUICK["nfes"] if args.quick else sweeps.NFES))
+    rtol = args.rtol or (sweeps.QUICK["rtol"] if args.quick else sweeps.REFERENCE_RTOL)
     options = {"dataset": args.dataset, "split": args.split, "image_size": args.image_size,
                "data_points": args.data_points, "processes": args.processes, "nfes": nfes, "batch": batch,
                "seed": args.seed, "rtol": rtol, "out": args.out, "threads": args.threads}
@@ -86,6 +91,8 @@ def run_exact(args) -> int:
 
 
 def run_coefficients(args) -> int:
+    from .. import benchmark
+
     _prepare(args)
     options = {"processes": args.processes, "nfes": args.nfes, "repeats": args.repeats,
                "bdm_image_size": args.bdm_image_size, "out": args.out, "threads": args.threads}

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..processes import PROCESSES, make_process
+from ..errors import SettingsError
+from .options import (PRESET_NAMES, PROCESSES, SAMPLER_METHODS, device, integer, non_empty, non_negative, nfe_list,
+                      number, one_of, order, output_prefix, positive, positive_number, sampler_list, unit_interval)
 
 
 def register(subparsers) -> None:
@@ -16,15 +18,12 @@ def register(subparsers) -> None:
     _evaluate_parser(subparsers)
     p = subparsers.add_parser("quickstart", help="train a small CLD model on digits, sample it with gDDIM and "
                               "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
-    p.add_argument("--out", required=True, help="output folder (new, or a quickstart folder to finish)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    p.add_argument("--n", type=int, default=500, help="samples per Fréchet distance (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=non_empty, required=True, help="output folder (new, or a quickstart folder to finish)")
+    p.add_argument("--steps", type=positive, default=2000, help="training steps (default 2000)")
+    p.add_argument("--n", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 (default 500; "
+                   "the floor takes twice as many of the 1500 training digits)")
+    p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(run=_run_quickstart)
-
-
-def _csv(kind):
-    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
 
 
 # ---- train -------------------------------------------------------------------------------------------------
@@ -33,54 +32,87 @@ TRAIN_DEFAULTS = {"process": "cld", "data": "digits", "image_size": None, "prese
                   "lr": 1e-3, "warmup": 100, "ema": 0.999, "grad_clip": 1.0, "flip": False, "seed": 0,
                   "ckpt_every": 500, "sample_every": 0, "out": None, "resume": False, "device": None,
                   "no_progress": False}
+# how each option's value is checked, on the command line and in a --config file alike
+TRAIN_TYPES = {"process": one_of(sorted(PROCESSES)), "data": non_empty, "image_size": positive,
+               "preset": one_of(PRESET_NAMES), "steps": positive, "batch": positive, "lr": positive_number,
+               "warmup": non_negative, "ema": number(0.0, 1.0, high_open=True), "grad_clip": positive_number,
+               "seed": non_negative, "ckpt_every": positive, "sample_every": non_negative, "out": non_empty,
+               "device": device}
+SWITCHES = ("flip", "resume", "no_progress")
 
 
 def _train_parser(subparsers) -> None:
-    from ..networks import PRESETS
-
     p = subparsers.add_parser("train", help="train an ε-network for VP, CLD or BDM (torchrun for several processes)",
                               description="Train an ε-network. Under `torchrun --nproc_per_node=N` it runs DDP. "
                               "Rerunning the same command in the same --out folder resumes the run.")
     p.add_argument("--config", help="JSON file whose keys are the option names below (image_size, not "
                    "--image-size); options given on the command line win")
     p.add_argument("--process", choices=sorted(PROCESSES), help="default cld")
-    p.add_argument("--data", help="digits (default), fashion-mnist, cifar10:PATH, a folder of images or an .npz file")
-    p.add_argument("--image-size", type=int, help="resize the images to this square size")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="network size (default tiny)")
-    p.add_argument("--steps", type=int, help="default 2000")
-    p.add_argument("--batch", type=int, help="batch size per process (default 64)")
-    p.add_argument("--lr", type=float, help="default 1e-3, good for the small presets (the paper's 100M-parameter "
-                   "model uses 2e-4: configs/cifar10_cld_paper.json)")
-    p.add_argument("--warmup", type=int, help="linear learning-rate warmup steps (default 100)")
-    p.add_argument("--ema", type=float, help="EMA decay of the weights (default 0.999)")
-    p.add_argument("--grad-clip", type=float, help="default 1.0")
+    p.add_argument("--data", type=TRAIN_TYPES["data"],
+                   help="digits (default), fashion-mnist, cifar10:PATH, a folder of images or an .npz file")
+    p.add_argument("--image-size", type=TRAIN_TYPES["image_size"], help="resize the images to this square size")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="network size (default tiny)")
+    p.add_argument("--steps", type=TRAIN_TYPES["steps"], help="default 2000")
+    p.add_argument("--batch", type=TRAIN_TYPES["batch"], help="batch size per process (default 64)")
+    p.add_argument("--lr", type=TRAIN_TYPES["lr"], help="default 1e-3, good for the small presets (the paper's "
+                   "100M-parameter model uses 2e-4: configs/cifar10_cld_paper.json)")
+    p.add_argument("--warmup", type=TRAIN_TYPES["warmup"], help="linear learning-rate warmup steps (default 100)")
+    p.add_argument("--ema", type=TRAIN_TYPES["ema"], help="EMA decay of the weights, in [0, 1) (default 0.999)")
+    p.add_argument("--grad-clip", type=TRAIN_TYPES["grad_clip"], help="default 1.0")
     p.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
-    p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--ckpt-every", type=int, help="default 500")
-    p.add_argument("--sample-every", type=int, help="write a sample grid every N steps (default 0: at the end)")
-    p.add_argument("--out", help="run folder: new, or a run of the same configuration to resume (required)")
+    p.add_argument("--seed", type=TRAIN_TYPES["seed"], help="default 0")
+    p.add_argument("--ckpt-every", type=TRAIN_TYPES["ckpt_every"], help="default 500")
+    p.add_argument("--sample-every", type=TRAIN_TYPES["sample_every"],
+                   help="write a sample grid every N steps (default 0: at the end)")
+    p.add_argument("--out", type=TRAIN_TYPES["out"],
+                   help="run folder: new, or a run of the same configuration to resume (required)")
     p.add_argument("--resume", action="store_true", default=None, help="insist on resuming (error if --out holds no run)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", type=TRAIN_TYPES["device"], help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", default=None)
     p.set_defaults(run=_run_train)
 
 
 def train_options(args: argparse.Namespace) -> dict:
     """Options from the command line, else from --config's JSON, else TRAIN_DEFAULTS."""
-    from_file = json.loads(Path(args.config).read_text()) if args.config else {}
-    unknown = sorted(set(from_file) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{args.config}: unknown keys {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    from_file = _config_file(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
     options = {**TRAIN_DEFAULTS, **from_file, **given}
     if not options["out"]:
-        raise ValueError("gddim train needs an output folder: --out DIR (or \"out\" in the --config file)")
+        raise SettingsError("gddim train needs an output folder: --out DIR (or \"out\" in the --config file)")
+    return options
+
+
+def _config_file(path: str) -> dict:
+    """The options of a --config JSON file, each checked as its command-line flag would be."""
+    try:
+        options = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SettingsError(f"--config {path} is not a JSON file ({err})") from None
+    if not isinstance(options, dict):
+        raise SettingsError(f"--config {path} must hold a JSON object of options, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise SettingsError(f"{path}: unknown keys {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    for key, value in options.items():
+        if key in SWITCHES:
+            fits = isinstance(value, bool)
+        else:  # null only where the default is null; never true/false, a list or an object
+            fits = TRAIN_DEFAULTS[key] is None if value is None else not isinstance(value, (bool, list, dict))
+        if not fits:
+            raise SettingsError(f"{path}: {key} cannot be {json.dumps(value)}")
+        if key not in SWITCHES and value is not None:
+            try:
+                options[key] = TRAIN_TYPES[key](str(value))
+            except argparse.ArgumentTypeError as err:
+                raise SettingsError(f"{path}: {key}: {err}") from None
     return options
 
 
 def data_source(source: str) -> str:
     """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
-    if source in ("digits", "fashion-mnist"):
+    from ..data import BUILT_IN_DATA
+
+    if source in BUILT_IN_DATA:
         return source
     prefix = "cifar10:" if source.startswith("cifar10:") else ""
     return prefix + str(Path(source[len(prefix):]).expanduser().resolve())
@@ -89,6 +121,7 @@ def data_source(source: str) -> str:
 def _run_train(args) -> int:
     from ..data import load_images
     from ..networks import preset
+    from ..processes import make_process
     from ..training import TrainConfig, train
 
     o = train_options(args)
@@ -108,22 +141,22 @@ def _run_train(args) -> int:
 # ---- sample ------------------------------------------------------------------------------------------------
 
 def _sampler_options(p) -> None:
-    p.add_argument("--method", default="gddim", choices=("gddim", "euler", "em", "ancestral", "sscs"))
-    p.add_argument("--order", type=int, default=0, help="gDDIM order q (0..3)")
-    p.add_argument("--lam", type=float, help="λ in [0, 1] (gddim: stochastic at q=0; em: 1 by default)")
+    p.add_argument("--method", default="gddim", choices=SAMPLER_METHODS)
+    p.add_argument("--order", type=order, default=0, help="gDDIM order q (0..3)")
+    p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: stochastic at q=0; em: 1 by default)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
 
 
 def _sample_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample a checkpoint: PNG grid and .npz")
-    p.add_argument("checkpoint", help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
+    p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     _sampler_options(p)
-    p.add_argument("--nfe", type=int, default=50)
-    p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
-    p.add_argument("--device")
+    p.add_argument("--nfe", type=positive, default=50)
+    p.add_argument("--n", type=positive, default=64, help="number of samples")
+    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--batch", type=positive, default=500)
+    p.add_argument("--out", type=output_prefix, required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
+    p.add_argument("--device", type=device)
     p.set_defaults(run=_run_sample)
 
 
@@ -149,17 +182,19 @@ def _run_sample(args) -> int:
 
 def _evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
-    p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--samplers", type=_csv(str), default=["gddim:q=2", "em"],
+    p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
+    p.add_argument("--samplers", type=sampler_list, default=["gddim:q=2", "em"],
                    help='comma-separated specs method[:q=N][:lam=X][:param=L], e.g. "gddim:q=2,gddim:lam=1,em"')
-    p.add_argument("--nfe", type=_csv(int), default=[10, 20, 50, 100], help="comma-separated NFEs")
-    p.add_argument("--n", type=int, help="samples per score (default min(1000, real/2))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--out", required=True, help="folder for metrics.json, quality_vs_nfe.png and grids/")
-    p.add_argument("--inception", metavar="WEIGHTS", help="standard FID against all training images, with a local "
+    p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
+    p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
+    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--batch", type=positive, default=500)
+    p.add_argument("--out", type=non_empty, required=True, help="folder for metrics.json, quality_vs_nfe.png and grids/")
+    p.add_argument("--data", type=non_empty, help="the training images, when the run was trained on a path (a path "
+                   "recorded in a run folder is not opened unless named again); default: its built-in data set")
+    p.add_argument("--inception", type=non_empty, metavar="WEIGHTS", help="standard FID against all training images, with a local "
                    "copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (needs torch-fidelity)")
-    p.add_argument("--device")
+    p.add_argument("--device", type=device)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -167,7 +202,8 @@ def _run_evaluate(args) -> int:
     from ..evaluation import evaluate
 
     result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
-                      out_dir=args.out, inception=args.inception, device=args.device, progress=True)
+                      out_dir=args.out, inception=args.inception, device=args.device, progress=True,
+                      data=args.data and data_source(args.data))
     floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
     return 0

@@ -1,5 +1,6 @@
 """Linear forward processes: VP, CLD, BDM and user-defined ones, all of one shape."""
 
+from ..errors import SettingsError
 from .base import LinearProcess
 from .basis import DCTBasis, IdentityBasis, dct_matrix
 from .bdm import BDM
@@ -15,7 +16,7 @@ _BY_CONFIG_NAME = {**PROCESSES, DiscreteVP.name: DiscreteVP}
 def make_process(name: str, image_size: int | tuple[int, int]) -> LinearProcess:
     """The process `name` ("vp", "cld" or "bdm") with its default parameters; BDM's DCT basis fits the images."""
     if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+        raise SettingsError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
     return BDM(image_size=image_size) if name == "bdm" else PROCESSES[name]()
 
 

@@ -7,6 +7,10 @@ shape (n, M, k, k); M = 1 when all pixels share one system.
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -16,6 +20,13 @@ from .basis import IdentityBasis
 
 def as_times(t) -> np.ndarray:
     return np.atleast_1d(np.asarray(t, dtype=np.float64))
+
+
+def check_parameter(owner: str, name: str, value, valid: Callable[[float], bool], rule: str) -> None:
+    """A constructor's number must be finite and satisfy `valid`; otherwise a ValueError naming it and the rule."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (is_number and valid(value)):
+        raise ValueError(f"{owner} needs {rule}; got {name}={value!r}")
 
 
 class LinearProcess:
@@ -29,6 +40,7 @@ class LinearProcess:
     t_end = 1e-3  # default last time of sampling
     denoise = False  # one final noise-free reverse-SDE Euler step to t = 0 (CLD, MATH §4.2)
     t_train_min = 1e-5
+    t_max = 1.0  # the last time the process is defined at; training draws t in [t_train_min, t_max]
 
     @property
     def modes(self) -> int:

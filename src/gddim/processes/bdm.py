@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from .base import LinearProcess, as_times
+from .base import LinearProcess, as_times, check_parameter
 from .basis import DCTBasis
 
 
@@ -21,10 +21,15 @@ class BDM(LinearProcess):
 
     def __init__(self, image_size: int | tuple[int, int] = 32, sigma_blur_max: float = 10.0, min_scale: float = 0.001,
                  offset: float = 0.004, t_end: float = 1e-5, t_start: float | None = None):
+        sizes = (image_size,) * 2 if isinstance(image_size, numbers.Integral) else tuple(image_size) \
+            if isinstance(image_size, (tuple, list)) else ()
+        if len(sizes) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes):
+            raise ValueError(f"BDM needs image_size a positive integer or a pair (H, W) of them; got {image_size!r}")
+        check_parameter("BDM", "sigma_blur_max", sigma_blur_max, lambda s: s >= 0, "sigma_blur_max >= 0")
+        check_parameter("BDM", "min_scale", min_scale, lambda d: 0 < d <= 1, "0 < min_scale <= 1")
+        check_parameter("BDM", "offset", offset, lambda o: o >= 0, "offset >= 0 (a negative offset makes G_0² < 0)")
         # ints, not numpy integers: the sizes go into config() and from there into JSON
-        h, w = (int(s) for s in ((image_size, image_size) if isinstance(image_size, numbers.Integral) else image_size))
-        if h < 1 or w < 1 or sigma_blur_max < 0 or not 0 < min_scale <= 1:
-            raise ValueError("BDM needs a positive image size, sigma_blur_max >= 0 and 0 < min_scale <= 1")
+        h, w = (int(s) for s in sizes)
         self.mode_shape = (h, w)
         self.basis = DCTBasis()
         self.sigma_blur_max, self.min_scale, self.offset = sigma_blur_max, min_scale, offset

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .base import LinearProcess, as_times
+from .base import LinearProcess, as_times, check_parameter
 
 
 class CLD(LinearProcess):
@@ -23,8 +23,11 @@ class CLD(LinearProcess):
 
     def __init__(self, m_inv: float = 4.0, beta_0: float = 4.0, beta_1: float = 0.0, gamma: float = 0.04,
                  eps_num: float = 1e-6, t_end: float = 1e-3, t_start: float = 1.0):
-        if m_inv <= 0 or gamma < 0 or eps_num < 0 or beta_0 <= 0 or beta_0 + beta_1 <= 0:
-            raise ValueError("CLD needs m_inv > 0, gamma >= 0, eps_num >= 0 and β(t) > 0 on [0, 1]")
+        check_parameter("CLD", "m_inv", m_inv, lambda m: m > 0, "m_inv > 0 (M⁻¹, the inverse mass)")
+        check_parameter("CLD", "gamma", gamma, lambda g: g >= 0, "gamma >= 0 (v_0 ~ N(0, γM))")
+        check_parameter("CLD", "eps_num", eps_num, lambda e: e >= 0, "eps_num >= 0")
+        check_parameter("CLD", "beta_0", beta_0, lambda b: b > 0, "β(0) = beta_0 > 0")
+        check_parameter("CLD", "beta_1", beta_1, lambda b: beta_0 + b > 0, f"β(1) = beta_0 + beta_1 > 0 (beta_0={beta_0})")
         self.m_inv, self.beta_0, self.beta_1, self.gamma, self.eps_num = m_inv, beta_0, beta_1, gamma, eps_num
         self.Gamma = 2.0 / math.sqrt(m_inv)
         self.t_start, self.t_end = t_start, t_end

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from .base import LinearProcess, as_times
+from .base import LinearProcess, as_times, check_parameter
 
 
 def _block(x: np.ndarray) -> np.ndarray:
@@ -24,8 +24,9 @@ class VP(LinearProcess):
                  cosine_s: float = 0.008, t_end: float = 1e-3, t_start: float | None = None):
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"VP schedule must be 'linear' or 'cosine', got {schedule!r}")
-        if not 0 <= beta_min < beta_max:
-            raise ValueError(f"VP needs 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        check_parameter("VP", "beta_min", beta_min, lambda b: b >= 0, "0 <= beta_min < beta_max (β(t) >= 0)")
+        check_parameter("VP", "beta_max", beta_max, lambda b: b > beta_min, f"0 <= beta_min < beta_max (beta_min={beta_min})")
+        check_parameter("VP", "cosine_s", cosine_s, lambda s: s >= 0, "cosine_s >= 0 (a negative offset makes β(0) < 0)")
         self.schedule, self.beta_min, self.beta_max, self.cosine_s = schedule, beta_min, beta_max, cosine_s
         self.t_end = t_end
         if t_start is None:

@@ -1,0 +1,141 @@
+"""Argument types of the `gddim` command: each refuses a bad value with a message that says what is wrong.
+
+Nothing heavy is imported here, so that `gddim --help` answers at once; the few names the parsers offer as
+choices are spelled out below (tests check them against the library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
+PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
+GRID_NAMES = ("quadratic", "uniform", "logsnr")  # gddim.grids.GRIDS
+SAMPLER_METHODS = ("gddim", "euler", "em", "ancestral", "sscs")  # gddim.sampling.METHODS
+MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+SAMPLER_SPEC = re.compile(r"[a-z]+(:(q|lam|param)=[^:,=]+)*")
+
+
+def integer(minimum: int, maximum: int | None = None):
+    """An argument type: an integer in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+positive = integer(1)
+non_negative = integer(0)
+order = integer(0, MAX_ORDER)
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """An argument type: a finite float in the interval from low to high (open at an end when asked)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+positive_number = number(0.0, low_open=True)
+unit_interval = number(0.0, 1.0)
+
+
+def comma_list(item, example: str):
+    """An argument type: a non-empty comma-separated list of values of the type `item`."""
+
+    def parse(text: str) -> list:
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        if not words:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list such as {example}, got {text!r}")
+        values = []
+        for word in words:
+            try:
+                values.append(item(word))
+            except argparse.ArgumentTypeError as err:
+                raise argparse.ArgumentTypeError(f"{word!r} in {text!r}: {err}") from None
+        return values
+
+    return parse
+
+
+def sampler_spec(text: str) -> str:
+    """method[:q=N][:lam=X][:param=R|L]; the values themselves are checked with the sampler's own rules."""
+    method = text.split(":")[0]
+    if not SAMPLER_SPEC.fullmatch(text) or method not in SAMPLER_METHODS:
+        raise argparse.ArgumentTypeError(f"write method[:q=N][:lam=X][:param=R|L] with a method of "
+                                         f"{', '.join(SAMPLER_METHODS)} (e.g. gddim:q=2)")
+    return text
+
+
+nfe_list = comma_list(positive, "10,20,50")
+sampler_list = comma_list(sampler_spec, "gddim:q=2,em")
+
+
+def device(text: str) -> str:
+    """cpu, cuda, cuda:N, mps or xpu; whether it exists here is checked when the command runs."""
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_TYPES or (index and not index.isdigit()) or text.endswith(":"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N (N = 0, 1, ...), mps or xpu")
+    return text
+
+
+def output_prefix(text: str) -> str:
+    """A file name prefix such as out/samples: it needs a name, not only a folder."""
+    if not text.strip() or Path(text).name in ("", ".", "..") or text.endswith(("/", "\\")):
+        raise argparse.ArgumentTypeError(f"expected a file prefix such as out/samples, got {text!r}")
+    return text
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path or a name, got an empty string")
+    return text
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine lacks before any work (torch is imported here, when a command runs)."""
+    import torch
+
+    from ..errors import SettingsError
+
+    dev = torch.device(name)
+    backend = {"cpu": None, "cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None),
+               "xpu": getattr(torch, "xpu", None)}[dev.type]
+    if backend is not None and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise SettingsError(f"--device {name}: this machine has no {dev.type} device (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SettingsError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered from 0")
+
+
+def one_of(names):
+    """An argument type: one of the given names."""
+
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown value {text!r}; choose one of {', '.join(names)}")
+        return text
+
+    return parse
