@@ -11,6 +11,7 @@ Writes benchmarks/trained_digits/fp16_weights.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from gddim.training import find_checkpoint
 
 HERE = Path(__file__).resolve().parent
 SAMPLERS, NFES, N = ["gddim:q=2", "em"], [20, 50], 500
+QUICK = {"nfes": [5], "n": 8}  # the smoke-test size of --quick
 
 
 def rounded_copy(run: Path, into: Path) -> Path:
@@ -38,22 +40,28 @@ def rounded_copy(run: Path, into: Path) -> Path:
     return into
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, default=HERE / "trained_digits" / "runs", help="folder of the cld and bdm runs")
+    p.add_argument("--out", type=Path, default=HERE / "trained_digits" / "fp16_weights.json")
+    p.add_argument("--quick", action="store_true", help="smoke-test size: NFE {nfes}, n {n}".format(**QUICK))
+    args = p.parse_args(argv)
+    nfes, n = (QUICK["nfes"], QUICK["n"]) if args.quick else (NFES, N)
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for process in ("cld", "bdm"):
-            run = HERE / "trained_digits" / "runs" / process
+            run = args.runs / process
             for weights, folder in (("float32", run), ("float16", rounded_copy(run, Path(tmp) / process))):
-                for r in evaluate(folder, SAMPLERS, NFES, n=N, seed=0)["records"]:
+                for r in evaluate(folder, SAMPLERS, nfes, n=n, seed=0)["records"]:
                     rows.append({"process": process, "weights": weights, "label": r["label"], "nfe": r["nfe"],
                                  "fd": r["fd"]})
                     print(rows[-1])
     fd = {(r["process"], r["weights"], r["label"], r["nfe"]): r["fd"] for r in rows}
     diffs = [abs(fd[p, "float16", s, k] - fd[p, "float32", s, k]) for p, w, s, k in fd if w == "float32"]
-    out = {"n": N, "seed": 0, "records": rows, "max_abs_difference": max(diffs),
+    out = {"n": n, "seed": 0, "records": rows, "max_abs_difference": max(diffs),
            "command": "OMP_NUM_THREADS=1 python benchmarks/fp16_weights.py"}
-    (HERE / "trained_digits" / "fp16_weights.json").write_text(json.dumps(out, indent=2))
+    args.out.write_text(json.dumps(out, indent=2))
     print("largest change of the Fréchet distance:", max(diffs))
 
 

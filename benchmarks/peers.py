@@ -29,6 +29,8 @@ from gddim import peers  # noqa: E402
 from gddim.benchmark import machine_info, write_json  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
+QUICK_OVERHEAD = {"shape": (2, 1, 8, 8), "steps": 5, "repeats": 1}
+
 
 def plot(result: dict, path: Path, title: str) -> None:
     """Each peer at its best setting per NFE (dotted), gDDIM's default and its best variant per NFE (solid)."""
@@ -85,15 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rtol", type=float, default=1e-10, help="reference ODE tolerance (checked at half of it)")
     p.add_argument("--overhead", action="store_true", help="time scheduler steps instead (writes --out as JSON)")
+    p.add_argument("--quick", action="store_true", help="with --overhead: smoke-test size (%s)" % QUICK_OVERHEAD)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    command = " ".join(["python benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out)
     machine = machine_info(device="cpu")
     print(f"machine: {machine}")
     if args.overhead:
-        result = peers.step_overhead()
+        result = peers.step_overhead(**(QUICK_OVERHEAD if args.quick else {}))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**result, "command": " ".join(["python benchmarks/peers.py", *sys.argv[1:]])}, indent=1))
+        out.write_text(json.dumps({**result, "command": command}, indent=1))
         for name, seconds in result["median_step_seconds"].items():
             print(f"{name:>12}: {seconds * 1e6:8.1f} µs/step ({result['step_ratio_to_ddim'][name]:.2f}x DDIM)")
         return 0
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result = peers.benchmark(gddim.VP(), data, nfes, args.batch, args.seed, rtol=args.rtol)
     result["settings"].update(dataset=args.dataset, image_size=args.image_size, n_data=args.n_data,
                               n_data_note=args.n_data_note, seconds=round(time.perf_counter() - start, 1))
-    result["command"] = " ".join(["python benchmarks/peers.py", *sys.argv[1:]])
+    result["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)
     plot(result, out / "errors.png", args.dataset + (f" {args.image_size}x{args.image_size}" if args.image_size else ""))

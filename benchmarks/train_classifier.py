@@ -45,7 +45,7 @@ def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> flo
     return float((predicted == labels).double().mean())
 
 
-def train(name: str, dataset: str, image_size: int, epochs: int, command: str) -> dict:
+def train(name: str, dataset: str, image_size: int, epochs: int, command: str, out_dir: Path = WEIGHTS_DIR) -> dict:
     x_train, y_train = load_images(dataset, "train", image_size), load_labels(dataset, "train")
     x_test, y_test = load_images(dataset, "test", image_size), load_labels(dataset, "test")
     torch.manual_seed(SEED)
@@ -90,21 +90,24 @@ def train(name: str, dataset: str, image_size: int, epochs: int, command: str) -
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, cpu",
         "command": command,
     }
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(WEIGHTS_DIR / f"{name}.safetensors"), metadata={k: str(v) for k, v in net.config().items()})
-    (WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    save_file(state, str(out_dir / f"{name}.safetensors"), metadata={k: str(v) for k, v in net.config().items()})
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record), flush=True)
     return record
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(RUNS), action="append", help="train only these (repeatable)")
-    args = parser.parse_args()
-    command = shlex.join(["python", "benchmarks/train_classifier.py", *sys.argv[1:]])
+    parser.add_argument("--epochs", type=int, help="instead of each entry's own (a smoke test's size)")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder of the weights (default: the shipped ones)")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/train_classifier.py", *(sys.argv[1:] if argv is None else argv)])
     for name in args.only or RUNS:
-        train(name, *RUNS[name], command=command)
+        dataset, image_size, epochs = RUNS[name]
+        train(name, dataset, image_size, args.epochs or epochs, command=command, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -126,13 +126,19 @@ CLAIMS = {
 SLACK = 0.05  # "reaches a target" = mean FD within 5% of it
 
 
+def claims_nfes(process_name: str, max_nfe: int | None) -> list[tuple[str, tuple[int, ...]]]:
+    """CLAIMS of one process, without the NFEs above max_nfe (a smoke test's size) when it is given."""
+    kept = [(spec, tuple(n for n in nfes if max_nfe is None or n <= max_nfe)) for spec, nfes in CLAIMS[process_name]]
+    return [(spec, nfes) for spec, nfes in kept if nfes]
+
+
 def claims(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     """Mean and spread over seeds (each seed: other samples and another real reference subset) of CLAIMS;
     claims.json is rewritten after every finished seed."""
     began, runs = time.perf_counter(), []
     checkpoint = load_checkpoint(out / "runs" / process_name)
     for seed in range(args.claims_seeds):
-        for spec, nfes in CLAIMS[process_name]:
+        for spec, nfes in claims_nfes(process_name, args.claims_max_nfe):
             runs += evaluate(checkpoint, [spec], list(nfes), n=args.claims_n, seed=seed, device=args.device,
                              batch=args.eval_batch, real=images)["records"]
         result = {"process": process_name, "n": args.claims_n, "seeds": seed + 1, "rows": _claims_rows(runs),
@@ -236,9 +242,9 @@ def throughput_worker(args) -> None:
                                                    "total_images_per_second": result.images_per_second}))
 
 
-def throughput(args, out: Path, repeats: int = 3) -> dict:
+def throughput(args, out: Path) -> dict:
     """1 process (2 threads, 1 thread) and torchrun --nproc_per_node=2 (gloo, 1 thread each), interleaved
-    `repeats` times so that the machine's load hits every setting alike; medians and their ratios."""
+    args.repeats times so that the machine's load hits every setting alike; medians and their ratios."""
     import tempfile
 
     script = str(Path(__file__).resolve())
@@ -249,7 +255,7 @@ def throughput(args, out: Path, repeats: int = 3) -> dict:
             "1 process, 1 thread": ([sys.executable, script], "1"),
             "2 processes (torchrun, gloo), 1 thread each": (torchrun, "1")}
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         for name, (launcher, threads) in runs.items():
             with tempfile.TemporaryDirectory() as tmp:
                 env = {**os.environ, "OMP_NUM_THREADS": threads}
@@ -269,7 +275,7 @@ def throughput(args, out: Path, repeats: int = 3) -> dict:
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--image-size", type=int)
@@ -283,6 +289,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=250, help="samples per Fréchet distance in the sweep")
     p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")
     p.add_argument("--claims-seeds", type=int, default=3)
+    p.add_argument("--claims-max-nfe", type=int, help="leave out the claims' NFEs above this (a smoke test's size)")
     p.add_argument("--eval-batch", type=int, default=500, help="samples drawn per batch when evaluating")
     nfe_list = lambda text: tuple(int(v) for v in text.split(","))
     p.add_argument("--nfes", type=nfe_list, help=f"NFEs of the sweep (default {','.join(map(str, NFES))})")
@@ -293,9 +300,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="default benchmarks/trained_<dataset>")
     p.add_argument("--throughput", action="store_true", help="measure training images/s, 1 vs 2 processes")
+    p.add_argument("--repeats", type=int, default=3, help="with --throughput: interleaved repeats of each setting")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.worker_out:
         return throughput_worker(args)
@@ -313,8 +321,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown stages {sorted(unknown)}; choose from train,sweep,claims,report")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as log:
-        log.write(" ".join(["python"] + sys.argv) + "\n")
+    _log_command(out, sys.argv[1:] if argv is None else argv)
     if stages - {"report"}:
         images = load_images(args.dataset, "train", args.image_size)
         for name in args.processes.split(","):
@@ -327,6 +334,11 @@ def main() -> None:
     summary = report(out, args.dataset)
     if summary:
         print(json.dumps(summary, indent=2))
+
+
+def _log_command(out: Path, argv: list[str]) -> None:
+    with open(out / "commands.txt", "a") as log:
+        log.write(" ".join(["python", "benchmarks/trained_models.py", *argv]) + "\n")
 
 
 def report(out: Path, dataset: str) -> dict | None:

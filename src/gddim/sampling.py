@@ -210,6 +210,12 @@ def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> _
     return _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
 
 
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Noise shaped like `like`, drawn in float64 and cast to its dtype: one seed gives the same draws whatever the
+    state's precision (torch draws float32 and float64 from different streams), as prior_sample does."""
+    return torch.randn(like.shape, generator=generator, dtype=torch.float64, device=like.device).to(like.dtype)
+
+
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
@@ -234,8 +240,7 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
         if redo is not None and i > 0:
             y = _step(A[i - 1], redo[i - 1], start, history, noise)
         start = y
-        noise = None if S is None else blocks.apply(S[i], torch.randn(y.shape, generator=generator, dtype=y.dtype,
-                                                                         device=y.device))
+        noise = None if S is None else blocks.apply(S[i], standard_normal(y, generator))
         y = _step(A[i], C[i], y, history, noise)
     return process.from_basis(y)
 
@@ -311,8 +316,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadrat
 def _sscs_linear(process: CLD, y: torch.Tensor, t: float, s: float, generator) -> torch.Tensor:
     mean, cov = _sscs_half_step(process, float(process.B(t)[0] - process.B(s)[0]))
     y = blocks.apply(process.blocks(mean[None], y), y)
-    z = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-    return y + blocks.apply(process.blocks(blocks.psd_sqrt(cov[None]), y), z)
+    return y + blocks.apply(process.blocks(blocks.psd_sqrt(cov[None]), y), standard_normal(y, generator))
 
 
 def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_start: float | None = None,
