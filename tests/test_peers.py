@@ -94,7 +94,7 @@ def test_ddim_peer_equals_gddim_order0_on_the_shared_grid(vp, betas):
     eps = gddim.gaussian_eps(vp, 0.3)
     u_T = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     run = peers.run_peer(peers.make_peer("ddim", betas), vp, eps, u_T, 10)
-    ours = gddim.sample(vp, eps, u_T, 10, grid=peers.gddim_grid(vp, 10, "trailing", betas))
+    ours = gddim.sample(vp, eps, u_T, 10, order=0, grid=peers.gddim_grid(vp, 10, "trailing", betas))
     torch.testing.assert_close(run.x, ours, rtol=1e-5, atol=1e-6)
 
 

@@ -378,8 +378,8 @@ def test_cli_quickstart_reduced(tmp_path, capsys):
     assert main(["quickstart", "--out", str(out), "--steps", "4", "--n", "20"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "metrics.json").read_text())
-    assert {(r["label"], r["nfe"]) for r in result["records"]} == {("gddim:q=2", 10), ("gddim:q=2", 50),
-                                                                   ("em", 10), ("em", 50)}
+    assert {(r["label"], r["nfe"]) for r in result["records"]} == {(label, nfe) for label in ("gddim", "gddim:q=2", "em")
+                                                                   for nfe in (10, 20, 50)}
     assert result["process"]["process"] == "cld" and result["step"] == 4
     for name in ("quality_vs_nfe.png", "grids/gddim_q=2_nfe10.png", "grids/em_nfe50.png", "run/loss.csv"):
         assert (out / name).is_file() and str(out / name.split("/")[0]) in printed

@@ -33,7 +33,7 @@ from .errors import SettingsError
 from .exact import exact_eps
 from .grids import steps_for_nfe
 from .processes import PROCESSES, LinearProcess, make_process
-from .sampling import EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
+from .sampling import DEFAULT_ORDER, EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
 from .sweeps import COEFFICIENT_NFES, NFES, REFERENCE_RTOL
 
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
@@ -46,12 +46,13 @@ RECORD_FIELDS = ("process", "method", "order", "lam", "parameterization", "nfe",
 
 @dataclass(frozen=True)
 class Variant:
-    """One sampler configuration of the sweep."""
+    """One sampler configuration of the sweep: the paper's samplers, and gddim.sample's default (paper=False)."""
 
     method: str
     order: int = 0
     lam: float = 0.0
     parameterization: str = "R"
+    paper: bool = True
 
     @property
     def deterministic(self) -> bool:
@@ -61,22 +62,32 @@ class Variant:
     def label(self) -> str:
         if self.method != "gddim":
             return self.method
+        if not self.paper:
+            return "gddim default"
         if self.lam > 0:
             return f"gddim λ={self.lam:g}"
         return f"gddim q={self.order} {self.parameterization}"
 
     def fits(self, process: LinearProcess, nfe: int) -> bool:
         """Whether `nfe` leaves the q + 1 integrator steps that order q needs."""
-        return nfe > int(process.denoise) and steps_for_nfe(process, nfe) >= self.order + 1
+        needed = self.order + 1 if self.paper else 1  # the default lowers its order to fit
+        return nfe > int(process.denoise) and steps_for_nfe(process, nfe) >= needed
 
     @classmethod
     def of_record(cls, record: dict) -> Variant:
-        return cls(record["method"], record["order"], record["lam"], record["parameterization"])
+        return cls(record["method"], record["order"], record["lam"], record["parameterization"],
+                   record.get("paper", True))
+
+    def options(self) -> dict:
+        """Keyword arguments of gddim.sample: the default sampler takes none, a paper's sampler its order and λ."""
+        if not self.paper:
+            return {"method": self.method}
+        return {"method": self.method, "order": self.order, "lam": self.lam, "parameterization": self.parameterization}
 
 
 def sweep_variants(process_name: str) -> list[Variant]:
     """Every sampler the exact-score benchmark runs on a process (ancestral is added as an alias, not run)."""
-    variants = [Variant("gddim", q) for q in range(4)]
+    variants = [Variant("gddim", DEFAULT_ORDER, paper=False)] + [Variant("gddim", q) for q in range(4)]
     variants += [Variant("gddim", q, parameterization="L") for q in (0, 2)]
     variants += [Variant("gddim", lam=lam) for lam in (0.5, 1.0)]
     variants += [Variant("euler"), Variant("em", lam=1.0)]
@@ -142,8 +153,7 @@ def run_variant(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, varian
                 seed: int) -> torch.Tensor:
     """One sampler run; every stochastic run draws the same noise stream (seed) so that runs are paired."""
     generator = torch.Generator().manual_seed(seed)
-    return sample(process, eps_fn, u_T, nfe, method=variant.method, order=variant.order, lam=variant.lam,
-                  parameterization=variant.parameterization, generator=generator)
+    return sample(process, eps_fn, u_T, nfe, generator=generator, **variant.options())
 
 
 def _record(process_name: str, variant: Variant, nfe: int, path_err: float | None, data_err: float | None) -> dict:

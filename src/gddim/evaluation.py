@@ -25,17 +25,26 @@ from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
 from .training import Checkpoint, load_checkpoint
 
-SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization"}
+SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization", "pred": "prediction", "corr": "corrector",
+                "interp": "interpolation", "lof": "lower_order_final", "final": "final_step"}
+SPEC_FORM = "method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1][:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data]"
+FLAGS = {"0": False, "1": True}
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """One sampler setting; written as a spec string "method[:q=ORDER][:lam=λ][:param=R|L]", e.g. "gddim:q=2"."""
+    """One sampler setting, written as a spec string (SPEC_FORM), e.g. "gddim" (the default sampler), "gddim:q=2"
+    (the paper's q = 2), "gddim:q=3:pred=data:corr=1" or "em"; options left out take gddim.sample's defaults."""
 
     method: str = "gddim"
-    order: int = 0
+    order: int | None = None
     lam: float | None = None
     parameterization: str = "R"
+    prediction: str | None = None
+    corrector: bool | None = None
+    interpolation: str | None = None
+    lower_order_final: bool | None = None
+    final_step: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Sampler:
@@ -44,39 +53,47 @@ class Sampler:
         for option in options:
             key, eq, value = option.partition("=")
             if not eq or key not in SAMPLER_KEYS:
-                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write method[:q=N][:lam=X][:param=R|L], "
-                                 "e.g. gddim:q=2 or gddim:lam=0.5")
+                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write {SPEC_FORM}, "
+                                    "e.g. gddim:q=2 or gddim:lam=0.5")
             values[SAMPLER_KEYS[key]] = value
         try:
-            return cls(method, int(values.get("order", 0)),
-                       float(values["lam"]) if "lam" in values else None, values.get("parameterization", "R"))
+            for name, kind in (("order", int), ("lam", float)):
+                if name in values:
+                    values[name] = kind(values[name])
         except ValueError:
             raise SettingsError(f"bad number in sampler spec {spec!r}") from None
+        for name in ("corrector", "lower_order_final"):
+            if name in values and values[name] not in FLAGS:
+                raise SettingsError(f"{name} in {spec!r} must be 0 or 1, got {values[name]!r}")
+            values[name] = FLAGS.get(values.get(name))
+        return cls(method, **values)
 
     @property
     def label(self) -> str:
-        """The spec string, keeping only what differs from the defaults (parse(label) gives the sampler back)."""
+        """The spec string, keeping only what was set (parse(label) gives the sampler back)."""
         parts = [self.method]
-        if self.order:
-            parts.append(f"q={self.order}")
-        if self.lam is not None:
-            parts.append(f"lam={self.lam:g}")
-        if self.parameterization != "R":
-            parts.append(f"param={self.parameterization}")
+        for key, name in SAMPLER_KEYS.items():
+            value = getattr(self, name)
+            if value is None or (name == "parameterization" and value == "R"):
+                continue
+            parts.append(f"{key}={int(value) if isinstance(value, bool) else format(value, 'g') if name == 'lam' else value}")
         return ":".join(parts)
 
     def options(self) -> dict:
-        return {"method": self.method, "order": self.order, "lam": self.lam, "parameterization": self.parameterization}
+        """Keyword arguments of gddim.sample; unset options are left out so that sample's defaults apply."""
+        chosen = {name: getattr(self, name) for name in SAMPLER_KEYS.values()}
+        return {"method": self.method, **{k: v for k, v in chosen.items() if v is not None}}
 
 
 # ---- sampling ----------------------------------------------------------------------------------------------
 
-def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim", order: int = 0,
-                  lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
-                  device=None, progress: bool = False, grid="quadratic") -> torch.Tensor:
+def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim",
+                  order: int | None = None, lam: float | None = None, parameterization: str = "R", seed: int = 0,
+                  batch: int = 500, device=None, progress: bool = False, grid="quadratic", **options) -> torch.Tensor:
     """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise.
 
-    grid: any grid of gddim.sample, e.g. "tuned" or the path of a grid file from gddim tune-grid."""
+    grid: any grid of gddim.sample, e.g. "tuned" or the path of a grid file from gddim tune-grid; options: the
+    multistep options of gddim.sample (prediction, corrector, ...)."""
     if n < 1 or batch < 1:
         raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
     weight = next(model.parameters())
@@ -91,17 +108,18 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
             u_T = process.prior_sample(shape, generator=generator, dtype=torch.promote_types(weight.dtype, torch.float32),
                                        device=device)
             out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization, grid=grid,
-                              generator=generator, progress=progress).cpu())
+                              generator=generator, progress=progress, **options).cpu())
     return torch.cat(out)
 
 
-def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50, order: int = 0,
-                           lam: float | None = None, parameterization: str = "R", seed: int = 0, batch: int = 500,
-                           device=None, progress: bool = False, grid="quadratic") -> torch.Tensor:
+def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50,
+                           order: int | None = None, lam: float | None = None, parameterization: str = "R",
+                           seed: int = 0, batch: int = 500, device=None, progress: bool = False, grid="quadratic",
+                           **options) -> torch.Tensor:
     """Samples of the checkpoint's EMA network with any sampler of gddim.sample."""
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     return sample_images(checkpoint.process(), checkpoint.network("ema", device), n, nfe, method, order, lam,
-                         parameterization, seed, batch, device, progress, grid)
+                         parameterization, seed, batch, device, progress, grid, **options)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -290,12 +308,13 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
 
 # ---- the quickstart ----------------------------------------------------------------------------------------
 
-QUICKSTART_SAMPLERS = ("gddim:q=2", "em")
-QUICKSTART_NFES = (10, 50)
+QUICKSTART_SAMPLERS = ("gddim", "gddim:q=2", "em")  # the default, the paper's q = 2, Euler-Maruyama
+QUICKSTART_NFES = (10, 20, 50)
 
 
 def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
-    """Train a tiny CLD model on digits, sample it with gDDIM (q=2) and Euler-Maruyama at NFE 10 and 50, and
+    """Train a tiny CLD model on digits, sample it with gDDIM (the default and the paper's q=2) and Euler-Maruyama
+    at NFE 10, 20 and 50, and
     write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's main job)."""
     from .networks import preset
     from .processes import CLD

@@ -50,9 +50,10 @@ PEERS = ("ddim", "deis-2", "deis-3", "dpm++2m", "dpm++3m", "unipc-2", "unipc-3")
 SPACINGS = ("trailing", "linspace", "leading")
 KARRAS_PEERS = ("dpm++2m", "dpm++3m", "unipc-2", "unipc-3")
 KARRAS_LANDINGS = {"karras": "sigma_min", "karras-zero": "zero"}  # setting -> final_sigmas_type
-GDDIM_VARIANTS = tuple({"name": f"gddim-q{q}-{grid}", "order": q, "grid": grid}
-                       for grid in ("trailing", "quadratic", "logsnr") for q in range(4))
-GDDIM_DEFAULT = "gddim-q2-quadratic"
+# the default sampler (no order named: q = 3, data form, corrector) and the paper's gDDIM of each order, on each grid
+GDDIM_VARIANTS = tuple({"name": f"gddim-default-{grid}", "grid": grid} for grid in ("trailing", "quadratic")) + tuple(
+    {"name": f"gddim-q{q}-{grid}", "order": q, "grid": grid} for grid in ("trailing", "quadratic", "logsnr") for q in range(4))
+GDDIM_DEFAULT = "gddim-default-quadratic"
 ERRORS = ("path_error", "path_error_vs_t_end_reference", "data_error")
 SAME_END = 1e-6  # a landing within this of t_end counts as t_end (float32 ᾱ_0 lands 2.2e-7 above it)
 

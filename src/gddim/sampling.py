@@ -39,7 +39,8 @@ def check_order_and_lam(order: int, lam: float, order_name: str = "order q", pre
 
 @dataclass(frozen=True)
 class Multistep:
-    """The options of multistep gDDIM beyond the paper (FAST §1-4); the defaults are the paper's sampler.
+    """The options of multistep gDDIM beyond the paper (FAST §1-4); the field defaults are the paper's sampler,
+    FAST_DEFAULTS those that gddim.sample uses for gDDIM in the data form unless told otherwise.
 
     prediction: "eps" (history of ε, the paper's) or "data" (history of the data prediction x̂, DPM-Solver++'s form).
     corrector: redo each step with the model output at its end (UniPC's corrector; no extra model call).
@@ -84,6 +85,11 @@ class Multistep:
         return replace(self, final_step="integrate").is_paper
 
 
+# the general-purpose default, chosen on exact scores (benchmarks/fast_variants_digits; README "Choosing the default")
+DEFAULT_ORDER = 3
+FAST_DEFAULTS = Multistep(prediction="data", corrector=True, lower_order_final=True)
+
+
 def _check_options(process: LinearProcess, method: str, order: int, lam: float, parameterization: str,
                    options: Multistep) -> None:
     if method not in METHODS:
@@ -101,16 +107,18 @@ def _check_options(process: LinearProcess, method: str, order: int, lam: float, 
         raise SettingsError("SSCS splits CLD's reverse SDE; it needs process=CLD()")
 
 
-def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
+def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None, lam: float | None = None,
          parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None, **options) -> Recursion:
     """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process.
 
-    options: the Multistep fields (prediction, corrector, interpolation, lower_order_final, final_step).
+    options: the Multistep fields (prediction, corrector, interpolation, lower_order_final, final_step); unset
+    ones and order=None take the defaults of `sample`.
     """
     grid = resolve_grid(process, grid, nfe)
-    fast = _multistep_options(options)
-    lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
+    fast = _multistep_options(method, order, lam, parameterization, options)
+    order, lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise,
+                                                 **options)
     if method == "sscs":
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
@@ -134,22 +142,40 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
     return cache[key]
 
 
-def _multistep_options(options: dict) -> Multistep:
+def _multistep_options(method: str, order: int | None, lam: float | None, parameterization: str,
+                       options: dict) -> Multistep:
+    """Unset options: FAST_DEFAULTS for the default sampler (gDDIM in R with no order and no λ named, unless the ε
+    form is asked for); naming an order or λ means the paper's gDDIM, which the options given extend."""
     unknown = set(options) - set(Multistep.__dataclass_fields__)
     if unknown:
         raise SettingsError(f"unknown sampler option(s) {sorted(unknown)}; the multistep options are "
                         f"{list(Multistep.__dataclass_fields__)}")
-    return Multistep(**options)
+    default = _is_default_sampler(method, order, lam, parameterization, options)
+    return replace(FAST_DEFAULTS if default else Multistep(), **options)
 
 
-def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0, lam: float | None = None,
-                  parameterization: str = "R", grid="quadratic", denoise: bool | None = None,
-                  **options) -> tuple[float, bool, int]:
-    """Refuse impossible sampler settings before any work; returns (λ, denoise, integrator steps)."""
+def _is_default_sampler(method: str, order: int | None, lam: float | None, parameterization: str,
+                        options: dict) -> bool:
+    return (method == "gddim" and parameterization == "R" and order is None and not lam
+            and options.get("prediction", "data") == "data")
+
+
+def _default_order(default_sampler: bool, order: int | None, n_steps: int) -> int:
+    """order=None: DEFAULT_ORDER for the default sampler (lower when the run has too few steps), else the paper's 0."""
+    if order is not None:
+        return order
+    return min(DEFAULT_ORDER, n_steps - 1) if default_sampler else 0
+
+
+def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None,
+                  lam: float | None = None, parameterization: str = "R", grid="quadratic", denoise: bool | None = None,
+                  **options) -> tuple[int, float, bool, int]:
+    """Refuse impossible sampler settings before any work; returns (order, λ, denoise, integrator steps)."""
     grid = resolve_grid(process, grid, nfe)
-    fast = _multistep_options(options)
+    fast = _multistep_options(method, order, lam, parameterization, options)
     lam = _default_lam(method, lam)
-    _check_options(process, method, order, lam, parameterization, fast)
+    if order is not None:  # checked before the NFE, so that a bad order is named as such
+        _check_options(process, method, order, lam, parameterization, fast)
     if method == "sscs" and lam != 1.0:
         raise SettingsError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
     if method == "sscs" and denoise is not None and denoise != process.denoise:
@@ -159,9 +185,11 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
     denoise = (process.denoise if denoise is None else denoise) and fast.final_step != "data"
     final_data = fast.final_step == "data"
     n_steps = _steps(process, nfe, grid, denoise or final_data, "final data" if final_data else "denoising")
+    order = _default_order(_is_default_sampler(method, order, lam, parameterization, options), order, n_steps)
+    _check_options(process, method, order, lam, parameterization, fast)
     if method == "gddim" and n_steps < order + 1:
         raise SettingsError(f"nfe={nfe} gives {n_steps} step(s): too few for order q={order}, which needs {order + 1}")
-    return lam, denoise, n_steps
+    return order, lam, denoise, n_steps
 
 
 def _steps(process: LinearProcess, nfe: int, grid, denoise: bool, last: str = "denoising") -> int:
@@ -254,7 +282,7 @@ def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch
 
 
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
-           order: int = 0, lam: float | None = None, parameterization: str = "R", grid="quadratic",
+           order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
            generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
            **options) -> torch.Tensor:
@@ -267,6 +295,10 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
+    The default (no order, no λ): gDDIM of order DEFAULT_ORDER (3; lower when nfe leaves too few steps) with
+    FAST_DEFAULTS (data prediction, the corrector, lower order at the end), chosen by measurement. Naming an
+    order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=3,
+    prediction="data", corrector=True is the default spelled out).
     """
     grid = resolve_grid(process, grid, nfe)
     if method == "sscs":

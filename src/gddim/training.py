@@ -590,5 +590,5 @@ def _append_losses(out_dir: Path, rows: list[tuple[int, float]]) -> None:
 def _write_sample_grid(out_dir: Path, step: int, process: LinearProcess, model: EpsModel, config: TrainConfig) -> None:
     from .evaluation import sample_images, save_grid  # evaluation imports this module for checkpoints
 
-    images = sample_images(process, model, n=64, nfe=config.sample_nfe, method="gddim", order=2, seed=0)
+    images = sample_images(process, model, n=64, nfe=config.sample_nfe, seed=0)
     save_grid(images, out_dir / "samples" / f"step_{step:08d}.png")

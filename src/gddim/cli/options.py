@@ -17,7 +17,7 @@ GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
 SAMPLER_METHODS = ("gddim", "euler", "em", "ancestral", "sscs")  # gddim.sampling.METHODS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-SAMPLER_SPEC = re.compile(r"[a-z]+(:(q|lam|param)=[^:,=]+)*")
+SAMPLER_SPEC = re.compile(r"[a-z]+(:(q|lam|param|pred|corr|interp|lof|final)=[^:,=]+)*")
 
 
 def integer(minimum: int, maximum: int | None = None):
@@ -81,10 +81,10 @@ def comma_list(item, example: str):
 
 
 def sampler_spec(text: str) -> str:
-    """method[:q=N][:lam=X][:param=R|L]; the values themselves are checked with the sampler's own rules."""
+    """method[:q=N][:lam=X][:param=R|L][:pred=..]...; the values are checked with the sampler's own rules."""
     method = text.split(":")[0]
     if not SAMPLER_SPEC.fullmatch(text) or method not in SAMPLER_METHODS:
-        raise argparse.ArgumentTypeError(f"write method[:q=N][:lam=X][:param=R|L] with a method of "
+        raise argparse.ArgumentTypeError(f"write method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]... with a method of "
                                          f"{', '.join(SAMPLER_METHODS)} (e.g. gddim:q=2)")
     return text
 

@@ -142,9 +142,14 @@ def _run_train(args) -> int:
 
 def _sampler_options(p) -> None:
     p.add_argument("--method", default="gddim", choices=SAMPLER_METHODS)
-    p.add_argument("--order", type=order, default=0, help="gDDIM order q (0..3)")
-    p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: stochastic at q=0; em: 1 by default)")
+    p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, corrector), set: the paper's gDDIM of that order")
+    p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
+    p.add_argument("--pred", choices=("data", "eps"), help="gDDIM history form: data (DPM-Solver++'s) or eps (the paper's)")
+
+
+def _form(args) -> dict:
+    return {} if args.pred is None else {"prediction": args.pred}
 
 
 def _grid_option(p) -> None:
@@ -180,10 +185,11 @@ def _run_sample(args) -> int:
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device, grid=args.grid)
+                               args.seed, args.batch, args.device, grid=args.grid, **_form(args))
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
-                                        args.param, args.seed, args.batch, args.device, grid=args.grid)
+                                        args.param, args.seed, args.batch, args.device, grid=args.grid,
+                                        **_form(args))
     save_grid(images[:256], grid)
     save_npz(images, npz)
     print(f"{len(images)} samples: grid {grid}, arrays {npz}")
@@ -195,8 +201,10 @@ def _run_sample(args) -> int:
 def _evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
-    p.add_argument("--samplers", type=sampler_list, default=["gddim:q=2", "em"],
-                   help='comma-separated specs method[:q=N][:lam=X][:param=L], e.g. "gddim:q=2,gddim:lam=1,em"')
+    p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
+                   help='comma-separated specs method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]'
+                        '[:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data|integrate], e.g. "gddim,gddim:q=2,em"; '
+                        '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
     p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
