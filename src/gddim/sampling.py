@@ -119,21 +119,26 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int = 0
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
     if key not in cache:
-        if method == "gddim" and not fast.is_integrator_paper:
-            rec = multistep.multistep(process, ts, order, lam, fast.prediction, fast.corrector, fast.interpolation,
-                                      fast.lower_order_final)
-        elif method == "gddim" and lam == 0:
-            rec = coefficients.exponential_integrator(process, ts, order, parameterization)
-        elif method in ("gddim", "ancestral"):
-            rec = coefficients.stochastic(process, ts, lam)
-        else:
-            rec = coefficients.euler_maruyama(process, ts, lam)
+        rec = integrator(process, ts, method, order, lam, parameterization, fast)
         if fast.final_step == "data":
             rec = rec.then(multistep.final_data_step(process, ts[-1]))
         elif denoise:
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
     return cache[key]
+
+
+def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", order: int = 0, lam: float = 0.0,
+               parameterization: str = "R", options: Multistep = Multistep()) -> Recursion:
+    """The integrator steps of one (checked) sampler on the grid ts, without the final denoising or data step."""
+    if method == "gddim" and not options.is_integrator_paper:
+        return multistep.multistep(process, ts, order, lam, options.prediction, options.corrector,
+                                   options.interpolation, options.lower_order_final)
+    if method == "gddim" and lam == 0:
+        return coefficients.exponential_integrator(process, ts, order, parameterization)
+    if method in ("gddim", "ancestral"):
+        return coefficients.stochastic(process, ts, lam)
+    return coefficients.euler_maruyama(process, ts, lam)
 
 
 def _multistep_options(options: dict) -> Multistep:
@@ -208,32 +213,56 @@ class _Model:
 
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
-
-    With a corrector, the model output at the predicted end of step i also redoes step i (same noise z):
-    the next step starts from the corrected state, the history keeps the output at the predicted one.
-    """
+    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
     process.check_state(u, "u_T")
     model = _Model(process, eps_fn)
-    cast = lambda a: None if a is None else process.blocks(a, u)
-    A, C, S, E, P, Q, redo = (cast(a) for a in (rec.A, rec.C, rec.S, rec.eps_map, rec.P, rec.Q, rec.corrector))
-    depth = C.shape[1] if redo is None else max(C.shape[1], redo.shape[1])
+    stepper = Stepper(process, rec, u)
     y = process.to_basis(u)
-    history: list[torch.Tensor] = []
-    start = noise = None  # the state step i-1 started from and its noise, for the corrector
     for i in tqdm(range(rec.steps), disable=not progress, desc="sampling", leave=False):
-        eps = model(y, float(rec.times[i]), i)
-        if E is not None:
-            eps = blocks.apply(E[i], eps)
-        item = eps if P is None else blocks.apply(P[i], y) + blocks.apply(Q[i], eps)
-        history = [item] + history[: depth - 1]
-        if redo is not None and i > 0:
-            y = _step(A[i - 1], redo[i - 1], start, history, noise)
-        start = y
-        noise = None if S is None else blocks.apply(S[i], torch.randn(y.shape, generator=generator, dtype=y.dtype,
-                                                                         device=y.device))
-        y = _step(A[i], C[i], y, history, noise)
+        y = stepper.step(y, model(y, float(rec.times[i]), i), generator)
     return process.from_basis(y)
+
+
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Noise z ~ N(0, I) shaped like the state, from the caller's generator."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+class Stepper:
+    """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
+
+    It holds the coefficients cast to the state's dtype and device, the history h and, for the corrector, the
+    state the previous step started from and its noise: the model output at the predicted end of step i also
+    redoes step i (same noise z); the next step starts from the corrected state, the history keeps the
+    output at the predicted one. States and outputs are in the basis layout (B, k, C, H, W).
+    """
+
+    def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
+                 normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
+        cast = lambda a: None if a is None else process.blocks(a, like)
+        self.A, self.C, self.S, self.E, self.P, self.Q, self.redo = (
+            cast(a) for a in (rec.A, rec.C, rec.S, rec.eps_map, rec.P, rec.Q, rec.corrector))
+        self.depth = self.C.shape[1] if self.redo is None else max(self.C.shape[1], self.redo.shape[1])
+        self.normal = normal
+        self.steps, self.index = rec.steps, 0
+        self.history: list[torch.Tensor] = []
+        self.start = self.noise = None
+
+    def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The state after step `index`, given the state y the step starts from and the model output there."""
+        i = self.index
+        if i >= self.steps:
+            raise IndexError(f"all {self.steps} steps of this recursion are done")
+        if self.E is not None:
+            eps = blocks.apply(self.E[i], eps)
+        item = eps if self.P is None else blocks.apply(self.P[i], y) + blocks.apply(self.Q[i], eps)
+        self.history = [item] + self.history[: self.depth - 1]
+        if self.redo is not None and i > 0:
+            y = _step(self.A[i - 1], self.redo[i - 1], self.start, self.history, self.noise)
+        self.start = y
+        self.noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
+        self.index = i + 1
+        return _step(self.A[i], self.C[i], y, self.history, self.noise)
 
 
 def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
