@@ -204,7 +204,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
             rec = self._recursion if i == 0 else self._build(i)
             self._stepper = Stepper(self.process, rec, x, _diffusers_normal)
         prev = self._stepper.step(layout(x), layout(eps), generator).reshape(sample.shape)
-        x0 = (x - self._sqrt_1mab[i] * eps) / self._sqrt_ab[i]
+        x0 = torch.add(x, eps, alpha=-self._sqrt_1mab[i]).div_(self._sqrt_ab[i])
         self._step_index = i + 1
         prev, x0 = prev.to(model_output.dtype), x0.to(model_output.dtype)
         if not return_dict:

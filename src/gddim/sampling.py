@@ -231,22 +231,25 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> to
 class Stepper:
     """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
 
-    It holds the coefficients cast to the state's dtype and device, the history h and, for the corrector, the
-    state the previous step started from and its noise: the model output at the predicted end of step i also
-    redoes step i (same noise z); the next step starts from the corrected state, the history keeps the
-    output at the predicted one. States and outputs are in the basis layout (B, k, C, H, W).
+    It holds the coefficients cast to the state's dtype and device and the history h. The corrector redoes
+    step i-1 once the model output at its predicted end is known; the redone step differs from the predicted
+    one (same start, same noise z) only in its history terms, y_i ← y_i + Σ_j D_ij h_j with
+    D_i = corrector_i - C_i shifted by one, and step i then applies A_i to it: the two fold into step i's
+    history coefficients, C_ij + A_i D_(i-1)j, built once in float64. The history keeps the output at the
+    predicted state. States and outputs are in the basis layout (B, k, C, H, W).
     """
 
     def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
                  normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
         cast = lambda a: None if a is None else process.blocks(a, like)
-        self.A, self.C, self.S, self.E, self.P, self.Q, self.redo = (
-            cast(a) for a in (rec.A, rec.C, rec.S, rec.eps_map, rec.P, rec.Q, rec.corrector))
-        self.depth = self.C.shape[1] if self.redo is None else max(self.C.shape[1], self.redo.shape[1])
+        self.A, self.S, self.E, self.Q = (cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q))
+        # h = u + Q ε when P is the identity (the data form): one multiply-add
+        self.P = None if rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape)) \
+            else cast(rec.P)
+        self.C = cast(rec.C if rec.corrector is None else _fold_corrector(rec))
         self.normal = normal
         self.steps, self.index = rec.steps, 0
         self.history: list[torch.Tensor] = []
-        self.start = self.noise = None
 
     def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The state after step `index`, given the state y the step starts from and the model output there."""
@@ -255,21 +258,30 @@ class Stepper:
             raise IndexError(f"all {self.steps} steps of this recursion are done")
         if self.E is not None:
             eps = blocks.apply(self.E[i], eps)
-        item = eps if self.P is None else blocks.apply(self.P[i], y) + blocks.apply(self.Q[i], eps)
-        self.history = [item] + self.history[: self.depth - 1]
-        if self.redo is not None and i > 0:
-            y = _step(self.A[i - 1], self.redo[i - 1], self.start, self.history, self.noise)
-        self.start = y
-        self.noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
+        if self.Q is not None:
+            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
+        self.history = [eps] + self.history[: self.C.shape[1] - 1]
+        noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
         self.index = i + 1
-        return _step(self.A[i], self.C[i], y, self.history, self.noise)
+        return _step(self.A[i], self.C[i], y, self.history, noise)
+
+
+def _fold_corrector(rec: Recursion) -> np.ndarray:
+    """Each step's history coefficients with the previous step's correction folded in (see Stepper)."""
+    assert rec.corrector.shape[1] >= rec.C.shape[1] + 1, "a corrector row holds the new output and every predictor term"
+    predictor = np.zeros_like(rec.corrector)
+    predictor[:, 1 : rec.C.shape[1] + 1] = rec.C
+    merged = np.zeros_like(rec.corrector)
+    merged[:, : rec.C.shape[1]] = rec.C
+    merged[1:] += rec.A[1:, None] @ (rec.corrector - predictor)[:-1]
+    return merged
 
 
 def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
     """A y + Σ_j C_j h_j (+ the step's noise)."""
     out = blocks.apply(A, y)
     for c, past in zip(C, history):
-        out = out + blocks.apply(c, past)
+        out = blocks.add_applied(out, c, past)
     return out if noise is None else out + noise
 
 
