@@ -176,6 +176,22 @@ def test_disable_corrector_leaves_those_steps_uncorrected():
     assert (partial - plain).abs().max() > 1e-4 and (partial - full).abs().max() > 1e-4
 
 
+def test_disabling_step_k_changes_the_loop_from_the_next_call_on():
+    # step k's result is corrected with the output at its end, i.e. inside call k + 1
+    def states(**options):
+        sched = GDDIMScheduler(solver_order=2, predict_x0=True, use_corrector=True, **options)
+        sched.set_timesteps(6)
+        x, model, out = torch.linspace(-2, 2, 7, dtype=torch.float64), wobbly_1d(sched), []
+        for t in sched.timesteps:
+            x = sched.step(model(x, t), t, x).prev_sample
+            out.append(x)
+        return out
+
+    full, off = states(), states(disable_corrector=[2])
+    assert all(torch.equal(a, b) for a, b in zip(full[:3], off[:3]))
+    assert (full[3] - off[3]).abs().max() > 1e-6
+
+
 def wobbly_1d(scheduler):
     return lambda x, t: gaussian_eps(scheduler, x, t) + 0.2 * torch.tanh(3 * x + 1e-3 * float(t))
 

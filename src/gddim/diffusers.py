@@ -109,13 +109,13 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
                  final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None):
         data, to_one = _data_form(predict_x0, algorithm_type), _lands_on_one(final_sigmas_type, set_alpha_to_one)
         _check_options(prediction_type, timestep_spacing)
-        self.options = _sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,
+        self._options = _sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,
                                         to_one)
-        self.disabled = _corrector_list(disable_corrector)
+        self._disabled = _corrector_list(disable_corrector)
         # the resolved values, so that the config means the same to every scheduler that reads it
         self.register_to_config(predict_x0=data, algorithm_type="dpmsolver++" if data else "dpmsolver",
                                 final_sigmas_type="zero" if to_one else "sigma_min", set_alpha_to_one=to_one,
-                                disable_corrector=self.disabled)
+                                disable_corrector=self._disabled)
         self._mark_chosen(("predict_x0", "algorithm_type"), ("final_sigmas_type", "set_alpha_to_one"))
         self.process = DiscreteVP(train_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
                                                        trained_betas))
@@ -170,9 +170,9 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def _build(self, begin: int) -> Recursion:
         """The recursion of steps begin.. (a loop that starts mid-schedule warms up from there)."""
-        order, lam, options = self.options
+        order, lam, options = self._options
         rec = integrator(self.process, self._times[begin:], "gddim", order, lam, "R", options)
-        return rec.corrector_off([i - begin for i in self.disabled if begin <= i < self.num_inference_steps])
+        return rec.corrector_off([i - begin for i in self._disabled if begin <= i < self.num_inference_steps])
 
     def _init_step_index(self, timestep) -> None:
         if self._begin_index is not None:
