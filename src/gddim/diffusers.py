@@ -104,8 +104,9 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
                  prediction_type: str = "epsilon", solver_order: int = DEFAULTS["solver_order"],
                  predict_x0: bool | None = None, algorithm_type: str | None = None,
                  use_corrector: bool = DEFAULTS["use_corrector"], disable_corrector: list[int] | None = None,
-                 lower_order_final: bool = DEFAULTS["lower_order_final"], interpolation: str = DEFAULTS["interpolation"],
-                 lam: float = DEFAULTS["lam"], timestep_spacing: str = "trailing", steps_offset: int = 0,
+                 lower_order_final: bool = DEFAULTS["lower_order_final"],
+                 interpolation: str = DEFAULTS["interpolation"], lam: float = DEFAULTS["lam"],
+                 timestep_spacing: str = "trailing", steps_offset: int = 0,
                  final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None):
         data, to_one = _data_form(predict_x0, algorithm_type), _lands_on_one(final_sigmas_type, set_alpha_to_one)
         _check_options(prediction_type, timestep_spacing)
