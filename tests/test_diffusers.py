@@ -15,6 +15,17 @@ from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_a
 from gddim.errors import CheckpointError
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
+# every sampler variant by its scheduler options; the first four are the orders of the ε form
+VARIANTS = [
+    {"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3}, {"solver_order": 4},
+    {"solver_order": 1, "predict_x0": True}, {"solver_order": 3, "predict_x0": True},
+    {"solver_order": 4, "algorithm_type": "dpmsolver++"},
+    {"solver_order": 2, "use_corrector": True}, {"solver_order": 3, "predict_x0": True, "use_corrector": True},
+    {"solver_order": 2, "predict_x0": True, "use_corrector": True, "disable_corrector": [0, 3]},
+    {"solver_order": 3, "interpolation": "sqrt_t"}, {"solver_order": 3, "predict_x0": True, "interpolation": "logsnr"},
+    {"solver_order": 3, "lower_order_final": True}, {"solver_order": 2, "predict_x0": True, "lam": 0.5},
+    {"solver_order": 1, "lam": 1.0}, {"solver_order": 2, "predict_x0": True, "lam": 0.3, "use_corrector": True},
+]
 
 
 def gaussian_eps(scheduler, x, t):
@@ -40,10 +51,11 @@ def wobbly(scheduler):
     return lambda x, t: gaussian_eps(scheduler, x, t) + 0.2 * torch.tanh(w * x + 1e-3 * float(t))
 
 
-@pytest.mark.parametrize("spacing,steps,to_one", [("leading", 10, True), ("trailing", 20, False),
-                                                  ("trailing", 50, True), ("leading", 25, False)])
-def test_order0_lam0_is_ddim(spacing, steps, to_one):
-    ours = GDDIMScheduler(timestep_spacing=spacing, set_alpha_to_one=to_one)
+@pytest.mark.parametrize("spacing,steps,to_one,data", [("leading", 10, True, False), ("trailing", 20, False, True),
+                                                       ("trailing", 50, True, True), ("leading", 25, False, False)])
+def test_solver_order_1_is_ddim(spacing, steps, to_one, data):
+    # one model output per step is DDIM, in the ε form and in the data form alike (FAST §1)
+    ours = GDDIMScheduler(solver_order=1, predict_x0=data, timestep_spacing=spacing, set_alpha_to_one=to_one)
     ddim = diffusers.DDIMScheduler(timestep_spacing=spacing, set_alpha_to_one=to_one, clip_sample=False)
     ours.set_timesteps(steps)
     ddim.set_timesteps(steps)
@@ -88,7 +100,7 @@ def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
 
 
 def test_v_prediction_equals_epsilon_with_the_converted_output():
-    eps_s, v_s = GDDIMScheduler(solver_order=2), GDDIMScheduler(solver_order=2, prediction_type="v_prediction")
+    eps_s, v_s = GDDIMScheduler(solver_order=3), GDDIMScheduler(solver_order=3, prediction_type="v_prediction")
     eps_s.set_timesteps(12)
     v_s.set_timesteps(12)
     model = wobbly(eps_s)
@@ -106,11 +118,17 @@ def test_v_prediction_equals_epsilon_with_the_converted_output():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("order", [0, 1, 2, 3])
+@pytest.mark.parametrize("options", [{"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3},
+                                     {"solver_order": 4}, *VARIANTS[4:]])
 @pytest.mark.parametrize("to_one", [True, False])
-def test_every_order_is_exact_for_dirac_data(order, to_one):
-    # ε is constant along the ODE for a single data point (MATH §1.5): every order lands on the exact state
-    sched = GDDIMScheduler(solver_order=order, set_alpha_to_one=to_one, beta_schedule="squaredcos_cap_v2")
+def test_every_variant_is_exact_for_dirac_data(options, to_one):
+    # ε is constant along the ODE for a single data point (MATH §1.5): every order and form lands on the
+    # exact state; a stochastic step with the exact data prediction keeps the exact law, a point at ᾱ = 1
+    if options.get("lam", 0) > 0 and not to_one:
+        pytest.skip("a stochastic run that stops at ᾱ_0 ends on a random state")
+    if options.get("interpolation") == "logsnr" and to_one:
+        options = {**options, "solver_order": 1, "use_corrector": False}  # log-SNR is infinite at ᾱ = 1
+    sched = GDDIMScheduler(**options, set_alpha_to_one=to_one, beta_schedule="squaredcos_cap_v2")
     sched.set_timesteps(9)
     mu = torch.linspace(-1, 1, 6, dtype=torch.float64)
     x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -118,6 +136,159 @@ def test_every_order_is_exact_for_dirac_data(order, to_one):
     out = loop(sched, x, lambda y, t: dirac_eps(sched, y, t, mu))
     a = sched.final_alpha_cumprod
     torch.testing.assert_close(out, a**0.5 * mu + (1 - a) ** 0.5 * eps_star, rtol=0, atol=1e-10)
+
+
+def sample_options(options: dict) -> dict:
+    """The same sampler in gddim.sample's option names."""
+    data = options.get("predict_x0", options.get("algorithm_type") == "dpmsolver++")
+    return {"order": options.get("solver_order", 1) - 1, "lam": options.get("lam", 0.0),
+            "prediction": "data" if data else "eps", "corrector": options.get("use_corrector", False),
+            "interpolation": options.get("interpolation", "t"), "lower_order_final": options.get("lower_order_final", False)}
+
+
+@pytest.mark.parametrize("options", [v for v in VARIANTS if "disable_corrector" not in v])
+def test_every_variant_equals_gddim_sample(options):
+    # the same float64 recursion through the same Stepper: agreement to round-off, on an exact mixture score
+    sched = GDDIMScheduler(**options, final_sigmas_type="sigma_min")
+    sched.set_timesteps(8)
+    process = sched.process
+    data = torch.randn(5, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    exact = gddim.exact.exact_eps(process, data)
+    x = torch.randn(3, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    times = np.append(process.time_of_timestep(sched.timesteps.numpy()), process.time_of_timestep(0))
+    model = lambda y, t: exact(y, torch.full((len(y),), float(process.time_of_timestep(int(t))), dtype=torch.float64))
+    got = loop(sched, x, model, torch.Generator().manual_seed(7))
+    want = gddim.sample(process, exact, x, nfe=8, grid=times, generator=torch.Generator().manual_seed(7),
+                        **sample_options(options))
+    assert (got - x).abs().max() > 0.1
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_disable_corrector_leaves_those_steps_uncorrected():
+    # UniPC's list: the result of step k is not corrected; disabling every step is no corrector at all
+    def run(**options):
+        sched = GDDIMScheduler(solver_order=2, predict_x0=True, **options)
+        sched.set_timesteps(6)
+        return loop(sched, torch.linspace(-2, 2, 7, dtype=torch.float64), wobbly_1d(sched))
+
+    plain, full = run(), run(use_corrector=True)
+    assert torch.equal(run(use_corrector=True, disable_corrector=list(range(6))), plain)
+    assert torch.equal(run(use_corrector=True, disable_corrector=[10]), full)  # beyond the run: no effect
+    partial = run(use_corrector=True, disable_corrector=[1, 2])
+    assert (partial - plain).abs().max() > 1e-4 and (partial - full).abs().max() > 1e-4
+
+
+def test_disabling_step_k_changes_the_loop_from_the_next_call_on():
+    # step k's result is corrected with the output at its end, i.e. inside call k + 1
+    def states(**options):
+        sched = GDDIMScheduler(solver_order=2, predict_x0=True, use_corrector=True, **options)
+        sched.set_timesteps(6)
+        x, model, out = torch.linspace(-2, 2, 7, dtype=torch.float64), wobbly_1d(sched), []
+        for t in sched.timesteps:
+            x = sched.step(model(x, t), t, x).prev_sample
+            out.append(x)
+        return out
+
+    full, off = states(), states(disable_corrector=[2])
+    assert all(torch.equal(a, b) for a, b in zip(full[:3], off[:3]))
+    assert (full[3] - off[3]).abs().max() > 1e-6
+
+
+def wobbly_1d(scheduler):
+    return lambda x, t: gaussian_eps(scheduler, x, t) + 0.2 * torch.tanh(3 * x + 1e-3 * float(t))
+
+
+PEERS = [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler, diffusers.DEISMultistepScheduler,
+         diffusers.DPMSolverSinglestepScheduler]
+
+
+def run_steps(scheduler, steps: int = 6) -> torch.Tensor:
+    scheduler.set_timesteps(steps)
+    x, out = torch.ones(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
+    for t in scheduler.timesteps:
+        x = scheduler.step(out, t, x).prev_sample
+    assert torch.isfinite(x).all()
+    return x
+
+
+@pytest.mark.parametrize("peer", PEERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("data", [True, False])
+def test_switching_with_diffusers_multistep_schedulers_keeps_the_order(peer, order, data):
+    # DPM-Solver's ε form cannot land on ᾱ = 1 (it refuses final_sigmas_type="zero", DEIS's configs alike)
+    ours = GDDIMScheduler(solver_order=order, predict_x0=data, final_sigmas_type="zero" if data else "sigma_min")
+    theirs = peer.from_config(ours.config)
+    assert theirs.config.solver_order == order
+    if "algorithm_type" in theirs.config and peer is not diffusers.DEISMultistepScheduler:
+        assert theirs.config.algorithm_type == ("dpmsolver++" if data else "dpmsolver")
+    if "predict_x0" in theirs.config:
+        assert theirs.config.predict_x0 == data
+    run_steps(theirs)
+    back = GDDIMScheduler.from_config(peer(solver_order=order, **_form_key(peer, data)).config)
+    assert back.config.solver_order == order
+    assert back.config.predict_x0 == (data and peer is not diffusers.DEISMultistepScheduler)
+    run_steps(back)
+    assert back._recursion.C.shape[1] == order  # model outputs combined per step
+
+
+def _form_key(peer, data: bool) -> dict:
+    if peer is diffusers.UniPCMultistepScheduler:
+        return {"predict_x0": data}
+    if peer is diffusers.DEISMultistepScheduler:
+        return {}  # DEIS is the ε form only
+    return {"algorithm_type": "dpmsolver++"} if data else {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}
+
+
+@pytest.mark.parametrize("peer", PEERS, ids=lambda c: c.__name__)
+def test_saved_configs_switch_with_their_defaults(peer, tmp_path):
+    # a pipeline's scheduler config on disk holds every key: each side reads the other's order and form
+    peer().save_config(tmp_path / "theirs")
+    ours = GDDIMScheduler.from_config(GDDIMScheduler.load_config(tmp_path / "theirs"))
+    assert ours.config.solver_order == 2 and ours.config.predict_x0 == (peer is not diffusers.DEISMultistepScheduler)
+    run_steps(ours)
+    # diffusers' solvers landing on σ = 0 need their last step first order, and DPM-Solver the data form there
+    GDDIMScheduler(solver_order=3, predict_x0=True, lower_order_final=True).save_config(tmp_path / "ours")
+    theirs = peer.from_config(peer.load_config(tmp_path / "ours"))
+    assert theirs.config.solver_order == 3
+    run_steps(theirs)
+
+
+def test_a_choice_under_either_name_carries_over():
+    # in memory, from_config skips keys left at their defaults; predict_x0 set means algorithm_type set too
+    ours = GDDIMScheduler(solver_order=2, predict_x0=False, set_alpha_to_one=False)
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(ours.config)
+    assert dpm.config.algorithm_type == "dpmsolver" and dpm.config.final_sigmas_type == "sigma_min"
+    unipc = diffusers.UniPCMultistepScheduler.from_config(GDDIMScheduler(set_alpha_to_one=False).config)
+    assert unipc.config.final_sigmas_type == "sigma_min"
+    assert diffusers.DPMSolverMultistepScheduler.from_config(GDDIMScheduler().config).config.algorithm_type == "dpmsolver++"
+
+
+def test_solver_order_4_switches_into_unipc():
+    theirs = diffusers.UniPCMultistepScheduler.from_config(GDDIMScheduler(solver_order=4).config)
+    assert theirs.config.solver_order == 4
+    run_steps(theirs, 8)
+
+
+@pytest.mark.parametrize("peer,to_one", [(diffusers.DDIMScheduler(set_alpha_to_one=False), False),
+                                         (diffusers.DDIMScheduler(), True), (diffusers.DDPMScheduler(), True)],
+                         ids=["ddim-sigma_min", "ddim", "ddpm"])
+def test_ddim_and_ddpm_configs_load_as_ddim(peer, to_one):
+    ours = GDDIMScheduler.from_config(peer.config)
+    assert ours.config.solver_order == 1 and ours.config.set_alpha_to_one is to_one
+    assert ours.config.final_sigmas_type == ("zero" if to_one else "sigma_min")
+    run_steps(ours)
+
+
+def test_dpm_solver_config_keeps_its_form_and_landing():
+    dpm = diffusers.DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++", final_sigmas_type="sigma_min")
+    ours = GDDIMScheduler.from_config(dpm.config)
+    assert ours.config.predict_x0 is True and ours.config.set_alpha_to_one is False
+    assert ours.final_alpha_cumprod == float(ours.alphas_cumprod[0])
+    assert not GDDIMScheduler.from_config(diffusers.DEISMultistepScheduler().config).config.predict_x0
+    with pytest.warns(UserWarning, match=r"algorithm_type='dpmsolver\+\+' is ignored"):
+        assert not GDDIMScheduler(predict_x0=False, algorithm_type="dpmsolver++").config.predict_x0
+    with pytest.warns(UserWarning, match="set_alpha_to_one=True is ignored"):
+        assert GDDIMScheduler(final_sigmas_type="sigma_min", set_alpha_to_one=True).final_alpha_cumprod < 1
 
 
 def test_higher_order_converges_faster_on_gaussian_data():
@@ -130,14 +301,14 @@ def test_higher_order_converges_faster_on_gaussian_data():
         exact = x * (S2 / (a_t * S2 + 1 - a_t)) ** 0.5
         return float((loop(sched, x, lambda y, t: gaussian_eps(sched, y, t)) - exact).abs().max())
 
-    errors = np.array([[error(q, n) for n in (10, 20)] for q in range(4)])
+    errors = np.array([[error(q, n) for n in (10, 20)] for q in range(1, 5)])
     assert np.all(errors[:, 1] < errors[:, 0])
     assert np.all(np.diff(errors[:, 1]) < 0)  # at 20 steps each order beats the one below
     assert errors[3, 1] < errors[0, 1] / 10
 
 
 def test_begin_index_warms_up_from_there():
-    sched = GDDIMScheduler(solver_order=2)
+    sched = GDDIMScheduler(solver_order=3)
     sched.set_timesteps(10)
     mu = torch.linspace(-1, 1, 6, dtype=torch.float64)
     eps_star = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -151,7 +322,7 @@ def test_begin_index_warms_up_from_there():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    sched = GDDIMScheduler(solver_order=3, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+    sched = GDDIMScheduler(solver_order=4, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                            prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1)
     sched.save_pretrained(tmp_path)
     loaded = GDDIMScheduler.from_pretrained(tmp_path)
@@ -174,8 +345,14 @@ def test_add_noise_and_velocity_match_ddpm():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"solver_order": 4}, "solver_order"), ({"solver_order": -1}, "solver_order"), ({"solver_order": 1.5}, "solver_order"),
-    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 1}, "solver_order=0"),
+    ({"solver_order": 5}, "solver_order"), ({"solver_order": 0}, "solver_order"), ({"solver_order": 1.5}, "solver_order"),
+    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 2}, "predict_x0=True"),
+    ({"lam": 0.5, "use_corrector": True}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
+    ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"), ({"final_sigmas_type": "sigma_max"}, "final_sigmas_type"),
+    ({"set_alpha_to_one": "no"}, "set_alpha_to_one"), ({"interpolation": "log"}, "interpolation"),
+    ({"use_corrector": 1}, "use_corrector"), ({"lower_order_final": None}, "lower_order_final"),
+    ({"disable_corrector": [-1]}, "disable_corrector"), ({"disable_corrector": 3}, "disable_corrector"),
+    ({"interpolation": "logsnr", "solver_order": 2}, "final_sigmas_type='sigma_min'"),
     ({"prediction_type": "flow"}, "prediction_type"), ({"timestep_spacing": "karras"}, "timestep_spacing"),
     ({"beta_schedule": "sigmoid"}, "beta_schedule"),
 ])
@@ -212,8 +389,8 @@ def pipeline_folder(tmp_path_factory):
 
 
 def test_works_inside_ddpm_pipeline(pipeline_folder):
-    sched = GDDIMScheduler.from_pretrained(pipeline_folder, subfolder="scheduler", solver_order=2)
-    assert sched.config.solver_order == 2 and sched.config.num_train_timesteps == 1000
+    sched = GDDIMScheduler.from_pretrained(pipeline_folder, subfolder="scheduler", solver_order=3)
+    assert sched.config.solver_order == 3 and sched.config.num_train_timesteps == 1000
     pipe = diffusers.DDPMPipeline.from_pretrained(pipeline_folder, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images

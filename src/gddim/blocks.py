@@ -53,3 +53,10 @@ def apply(block: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if block.shape[1] == 1:  # scalar per mode: a broadcast multiply is all it takes
         return block * y
     return (block[:, :, :, None] * y[:, None]).sum(dim=2)
+
+
+def add_applied(out: torch.Tensor, block: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """out + apply(block, y); for scalar blocks one fused multiply-add (the loop's per-step cost)."""
+    if block.shape[-3] == 1:
+        return torch.addcmul(out, block[None] if block.ndim == 4 else block, y)
+    return out + apply(block, y)

@@ -11,7 +11,7 @@ t = ts[i] to s = ts[i+1], with blocks of shape (M, k, k) per step (see processes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -38,6 +38,16 @@ class Recursion:
     @property
     def steps(self) -> int:
         return len(self.times)
+
+    def corrector_off(self, steps) -> Recursion:
+        """The same recursion with the given steps never redone: their corrector row is their predictor's."""
+        steps = list(steps)
+        if self.corrector is None or not steps:
+            return self
+        redo = self.corrector.copy()
+        redo[steps] = 0.0
+        redo[steps, 1 : self.C.shape[1] + 1] = self.C[steps]
+        return replace(self, corrector=redo)
 
     def then(self, other: Recursion) -> Recursion:
         """This recursion followed by another (e.g. CLD's denoising step); the history carries over.
@@ -128,7 +138,9 @@ def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1) -> tuple[np.nd
     The rule is Gauss-Legendre in w = √τ (τ = w², dτ = 2w dw): R_τ ~ √τ near τ = 0 (VP, BDM) is smooth in w,
     so steps that end at or near τ = 0 keep full accuracy (in τ they lose 3-4 digits).
     """
-    edges = np.sqrt(t[:, None] * (s / t)[:, None] ** (np.arange(panels + 1) / panels))
+    frac = np.arange(panels + 1) / panels
+    # a step that ends at τ = 0 (a scheduler landing on ᾱ = 1) has no geometric split: even panels in √τ
+    edges = np.where((s > 0)[:, None], np.sqrt(t[:, None] * (s / t)[:, None] ** frac), np.sqrt(t)[:, None] * (1 - frac))
     a, b = edges[:, :-1, None], edges[:, 1:, None]
     nodes = a + (b - a) * (GAUSS_NODES + 1) / 2
     weights = (b - a) / 2 * GAUSS_WEIGHTS * 2 * nodes

@@ -1,7 +1,8 @@
 """gDDIM inside diffusers, and diffusers models inside gddim.
 
 - `GDDIMScheduler`: a diffusers scheduler (SchedulerMixin, ConfigMixin) for models trained with diffusers'
-  discrete DDPM schedules; multistep order q in 0..3 and stochastic λ in [0, 1].
+  discrete DDPM schedules; every multistep variant of `gddim.sample` (solver_order 1..4, ε or data form,
+  corrector, interpolation, lower order at the end) and stochastic λ in [0, 1].
 - `load_unet_eps`: a local `UNet2DModel` folder as a gddim ε-model eps_fn(u, t).
 
 Time convention (both directions). A discrete schedule of N training steps has ᾱ_n = Π_{i<=n} (1 - β_i) at
@@ -9,12 +10,13 @@ timestep n = 0..N-1. `DiscreteVP` places timestep n at continuous time t = (n + 
 defines log ᾱ(t) between these knots by monotone cubic (PCHIP) interpolation: continuously differentiable,
 decreasing like the schedule, and exact at every timestep. Single-step coefficients (q = 0, any λ) read ᾱ
 at the grid only, so they are exactly DDIM's (λ = 0) and DDPM's posterior step (λ = 1); multistep
-coefficients (q > 0) integrate over the interpolant. The network's ε is the process's ε_R, since R_t = √(1-ᾱ_t).
+coefficients (solver_order > 1) integrate over the interpolant. The network's ε is the process's ε_R, since R_t = √(1-ᾱ_t).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +28,17 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import coefficients
+from .coefficients import Recursion
 from .errors import CheckpointError
+from .multistep import INTERPOLATIONS
 from .processes import VP, DiscreteVP
-from .processes.base import as_times
-from .sampling import MAX_ORDER, check_order_and_lam
+from .sampling import MAX_ORDER, Multistep, Stepper, integrator
 
+# GDDIMScheduler()'s sampler when no option is passed (the paper's DDIM-like setting, until measured otherwise)
+DEFAULTS = dict(solver_order=1, predict_x0=False, use_corrector=False, lower_order_final=False,
+                interpolation="t", lam=0.0)
+ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "deis")  # DPM-Solver's and DEIS's names for the data and ε forms
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -69,24 +76,24 @@ class GDDIMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Float64 coefficients of steps begin.. of the current timesteps, as Python floats (cheap to apply)."""
-
-    begin: int
-    A: list[float]
-    C: list[list[float]]
-    S: list[float]
-
-
 class GDDIMScheduler(SchedulerMixin, ConfigMixin):
-    """gDDIM for VP models trained with a diffusers DDPM schedule (MATH §2-§4.1).
+    """gDDIM for VP models trained with a diffusers DDPM schedule (MATH §2-§4.1, FAST §1-§4, §6).
 
-    solver_order q in 0..3: exponential Adams-Bashforth on ε (q = 0 is DDIM, q > 0 is DEIS tAB-q); the first
-    q steps warm up with orders 0..q-1. lam λ in [0, 1] (with q = 0): the stochastic step of MATH §3.3,
-    λ = 1 being DDPM's posterior step. timestep_spacing as in diffusers ("trailing" starts at the last
-    training timestep); the final step lands on ᾱ = 1 (set_alpha_to_one) or on ᾱ_0. There is no clipping
-    or thresholding of x̂_0: every step is the linear update u_s = A u_t + Σ_j C_j ε_j (+ S z).
+    Options named as in diffusers' multistep schedulers mean what they mean there:
+    solver_order: model outputs combined per step, 1..4 (1 is DDIM; order q = solver_order - 1 of the
+        exponential Adams-Bashforth); the first steps warm up with fewer.
+    predict_x0: interpolate the data prediction x̂_0 (DPM-Solver++'s and UniPC's form) instead of ε. A
+        DPM-Solver config's algorithm_type says the same ("dpmsolver++": data, "dpmsolver"/"deis": ε);
+        when both are passed, predict_x0 decides and a warning names the ignored algorithm_type.
+    use_corrector: redo each step with the model output at its end (UniPC's corrector, no extra model call);
+        disable_corrector: step indices whose result is not corrected (UniPC's list).
+    lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second.
+    final_sigmas_type: "zero" lands on ᾱ = 1, "sigma_min" on ᾱ_0; DDIM's set_alpha_to_one says the same
+        and is read when final_sigmas_type is unset (final_sigmas_type decides when both are passed).
+    gddim's own: lam λ in [0, 1], the stochastic step of MATH §3.3 (λ = 1 is DDPM's posterior step; with
+    solver_order > 1 it needs predict_x0); interpolation "t", "sqrt_t" or "logsnr" (FAST §3).
+    timestep_spacing as in diffusers ("trailing" starts at the last training timestep). There is no clipping
+    or thresholding of x̂_0: every step is the linear recursion of `gddim.sample`, applied by the same Stepper.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -95,20 +102,41 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: np.ndarray | list[float] | None = None,
-                 prediction_type: str = "epsilon", solver_order: int = 0, lam: float = 0.0,
-                 timestep_spacing: str = "trailing", steps_offset: int = 0, set_alpha_to_one: bool = True):
-        _check_options(prediction_type, solver_order, lam, timestep_spacing)
+                 prediction_type: str = "epsilon", solver_order: int = DEFAULTS["solver_order"],
+                 predict_x0: bool | None = None, algorithm_type: str | None = None,
+                 use_corrector: bool = DEFAULTS["use_corrector"], disable_corrector: list[int] | None = None,
+                 lower_order_final: bool = DEFAULTS["lower_order_final"],
+                 interpolation: str = DEFAULTS["interpolation"], lam: float = DEFAULTS["lam"],
+                 timestep_spacing: str = "trailing", steps_offset: int = 0,
+                 final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None):
+        data, to_one = _data_form(predict_x0, algorithm_type), _lands_on_one(final_sigmas_type, set_alpha_to_one)
+        _check_options(prediction_type, timestep_spacing)
+        self._options = _sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,
+                                        to_one)
+        self._disabled = _corrector_list(disable_corrector)
+        # the resolved values, so that the config means the same to every scheduler that reads it
+        self.register_to_config(predict_x0=data, algorithm_type="dpmsolver++" if data else "dpmsolver",
+                                final_sigmas_type="zero" if to_one else "sigma_min", set_alpha_to_one=to_one,
+                                disable_corrector=self._disabled)
+        self._mark_chosen(("predict_x0", "algorithm_type"), ("final_sigmas_type", "set_alpha_to_one"))
         self.process = DiscreteVP(train_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
                                                        trained_betas))
         self.alphas_cumprod = torch.from_numpy(self.process.alphas_cumprod)
-        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.process.alphas_cumprod[0])
+        self.final_alpha_cumprod = 1.0 if to_one else float(self.process.alphas_cumprod[0])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self._plan = None
-        self._step_index = None
-        self._begin_index = None
-        self._history: list[torch.Tensor] = []
+        self._recursion = self._stepper = None
+        self._step_index = self._begin_index = None
+
+    def _mark_chosen(self, *synonyms: tuple[str, ...]) -> None:
+        """A choice made under either name of a pair is a choice of both: X.from_config then reads both.
+
+        (from_config drops the keys the source left at their defaults, so that the target's defaults apply.)
+        """
+        defaults = set(self.config.get("_use_default_values", []))
+        chosen = {name for pair in synonyms if not defaults.issuperset(pair) for name in pair}
+        self.register_to_config(_use_default_values=sorted(defaults - chosen))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -138,19 +166,15 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self._times = np.append(self.process.time_of_timestep(steps), t_final)
         ab = self.process.alphas_cumprod[steps]
         self._sqrt_ab, self._sqrt_1mab = np.sqrt(ab).tolist(), np.sqrt(1 - ab).tolist()
-        self._plan = self._build_plan(0)
-        self._step_index = None
-        self._begin_index = None
-        self._history = []
+        self._recursion = self._build(0)
+        self._stepper = None
+        self._step_index = self._begin_index = None
 
-    def _build_plan(self, begin: int) -> _Plan:
-        ts = self._times[begin:]
-        if self.config.lam > 0:
-            rec = coefficients.stochastic(self.process, ts, self.config.lam)
-        else:
-            rec = coefficients.exponential_integrator(self.process, ts, self.config.solver_order)
-        S = np.zeros(rec.steps) if rec.S is None else rec.S[:, 0, 0, 0]
-        return _Plan(begin=begin, A=rec.A[:, 0, 0, 0].tolist(), C=rec.C[:, :, 0, 0, 0].tolist(), S=S.tolist())
+    def _build(self, begin: int) -> Recursion:
+        """The recursion of steps begin.. (a loop that starts mid-schedule warms up from there)."""
+        order, lam, options = self._options
+        rec = integrator(self.process, self._times[begin:], "gddim", order, lam, "R", options)
+        return rec.corrector_off([i - begin for i in self._disabled if begin <= i < self.num_inference_steps])
 
     def _init_step_index(self, timestep) -> None:
         if self._begin_index is not None:
@@ -164,7 +188,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> GDDIMSchedulerOutput | tuple:
         """One gDDIM step from `timestep` to the next timestep (or to the final ᾱ after the last one)."""
-        if self._plan is None:
+        if self._recursion is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self._step_index is None:
             self._init_step_index(timestep)
@@ -174,31 +198,20 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         if int(timestep) != int(self.timesteps[i]):
             raise ValueError(f"step() got timestep {int(timestep)} but step {i} of the schedule is at "
                              f"{int(self.timesteps[i])}; call the steps in order of scheduler.timesteps")
-        if i != self._plan.begin and not self._history:
-            self._plan = self._build_plan(i)  # a loop that starts mid-schedule warms up from there
-        plan, j = self._plan, i - self._plan.begin
-        eps = self._epsilon(model_output, sample, i)
-        self._history = [eps] + self._history[: len(plan.C[j]) - 1]
-        prev = plan.A[j] * sample
-        for c, past in zip(plan.C[j], self._history):
-            prev = prev + c * past
-        if plan.S[j] > 0:
-            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-            prev = prev + plan.S[j] * z
-        x0 = (sample - self._sqrt_1mab[i] * eps) / self._sqrt_ab[i]
+        work = torch.promote_types(sample.dtype, torch.float32)  # never step in half precision
+        x = sample.to(work)
+        eps = epsilon_of(self.config.prediction_type, model_output.to(work), x, self._sqrt_ab[i], self._sqrt_1mab[i])
+        layout = lambda v: v.reshape(1, 1, -1, 1, 1)  # the stepper's (B, k, C, H, W) for one scalar mode
+        if self._stepper is None:
+            rec = self._recursion if i == 0 else self._build(i)
+            self._stepper = Stepper(self.process, rec, x, _diffusers_normal)
+        prev = self._stepper.step(layout(x), layout(eps), generator).reshape(sample.shape)
+        x0 = torch.add(x, eps, alpha=-self._sqrt_1mab[i]).div_(self._sqrt_ab[i])
         self._step_index = i + 1
+        prev, x0 = prev.to(model_output.dtype), x0.to(model_output.dtype)
         if not return_dict:
             return prev, x0
         return GDDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
-
-    def _epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, i: int) -> torch.Tensor:
-        a, s = self._sqrt_ab[i], self._sqrt_1mab[i]
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return model_output
-        if kind == "v_prediction":  # v = a ε - s x_0 and x_t = a x_0 + s ε give ε = a v + s x_t
-            return a * model_output + s * sample
-        return (sample - a * model_output) / s
 
     def _per_sample(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # index the float64 table on the host: some devices (MPS) hold no float64
@@ -217,10 +230,86 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         return a * noise - s * sample
 
 
-def _check_options(prediction_type: str, solver_order: int, lam: float, timestep_spacing: str) -> None:
+def _diffusers_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # diffusers' draw: a CPU generator also serves a GPU sample, as in DDPMScheduler
+    return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def epsilon_of(prediction_type: str, output: torch.Tensor, sample: torch.Tensor, a, s) -> torch.Tensor:
+    """ε from a model output of the given kind at x_t = a x_0 + s ε (a = √ᾱ, s = √(1-ᾱ), floats or tensors)."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":  # v = a ε - s x_0 and x_t = a x_0 + s ε give ε = a v + s x_t
+        return a * output + s * sample
+    return (sample - a * output) / s
+
+
+def _data_form(predict_x0: bool | None, algorithm_type: str | None) -> bool:
+    """predict_x0, else DPM-Solver's algorithm_type, else the default."""
+    if algorithm_type is not None and algorithm_type not in ALGORITHM_TYPES:
+        raise ValueError(f"algorithm_type {algorithm_type!r} has no gDDIM counterpart; choose one of {ALGORITHM_TYPES} "
+                         "('dpmsolver++' is the data form, the others the ε form), or pass predict_x0 "
+                         "(stochastic sampling is lam)")
+    if predict_x0 is not None and not isinstance(predict_x0, (bool, np.bool_)):
+        raise ValueError(f"predict_x0 must be True or False, got {predict_x0!r}")
+    from_algorithm = None if algorithm_type is None else algorithm_type == "dpmsolver++"
+    if predict_x0 is None:
+        return DEFAULTS["predict_x0"] if from_algorithm is None else from_algorithm
+    if from_algorithm is not None and from_algorithm != predict_x0:
+        warnings.warn(f"predict_x0={predict_x0} decides the form; algorithm_type={algorithm_type!r} is ignored",
+                      stacklevel=3)
+    return bool(predict_x0)
+
+
+def _lands_on_one(final_sigmas_type: str | None, set_alpha_to_one: bool | None) -> bool:
+    """final_sigmas_type, else DDIM's set_alpha_to_one, else ᾱ = 1."""
+    if final_sigmas_type is not None and final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}; choose one of {FINAL_SIGMAS_TYPES}")
+    if set_alpha_to_one is not None and not isinstance(set_alpha_to_one, (bool, np.bool_)):
+        raise ValueError(f"set_alpha_to_one must be True or False, got {set_alpha_to_one!r}")
+    if final_sigmas_type is None:
+        return True if set_alpha_to_one is None else bool(set_alpha_to_one)
+    to_one = final_sigmas_type == "zero"
+    if set_alpha_to_one is not None and set_alpha_to_one != to_one:
+        warnings.warn(f"final_sigmas_type={final_sigmas_type!r} decides the final ᾱ; set_alpha_to_one="
+                      f"{set_alpha_to_one} is ignored", stacklevel=3)
+    return to_one
+
+
+def _sampler_options(solver_order: int, data: bool, use_corrector: bool, lower_order_final: bool,
+                     interpolation: str, lam: float, to_one: bool) -> tuple[int, float, Multistep]:
+    """(q, λ, Multistep options) checked, with the errors in the scheduler's option names."""
+    if not (isinstance(solver_order, (int, np.integer)) and 1 <= solver_order <= MAX_ORDER + 1):
+        raise ValueError(f"solver_order must be an integer in 1..{MAX_ORDER + 1} (model outputs combined per step; "
+                         f"1 is DDIM), got {solver_order!r}")
+    for name, value in (("use_corrector", use_corrector), ("lower_order_final", lower_order_final)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam (λ) must lie in [0, 1], got {lam}")
+    if lam > 0 and not data and (solver_order > 1 or use_corrector):
+        raise ValueError("stochastic gDDIM (lam > 0) with solver_order > 1 or use_corrector extrapolates the data "
+                         "prediction: pass predict_x0=True, or solver_order=1 and use_corrector=False")
+    if to_one and interpolation == "logsnr" and (solver_order > 1 or use_corrector):
+        raise ValueError("interpolation='logsnr' cannot reach ᾱ = 1 (its log-SNR is infinite) with solver_order > 1 "
+                         "or the corrector: pass final_sigmas_type='sigma_min', or another interpolation")
+    options = Multistep(prediction="data" if data else "eps", corrector=bool(use_corrector),
+                        interpolation=interpolation, lower_order_final=bool(lower_order_final))
+    return int(solver_order) - 1, float(lam), options
+
+
+def _corrector_list(disable_corrector) -> list[int]:
+    steps = [] if disable_corrector is None else disable_corrector
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in steps):
+        raise ValueError(f"disable_corrector must be a list of step indices (integers >= 0), got {disable_corrector!r}")
+    return sorted(int(i) for i in steps)
+
+
+def _check_options(prediction_type: str, timestep_spacing: str) -> None:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    check_order_and_lam(solver_order, lam, order_name="solver_order (q)")
     if timestep_spacing not in SPACINGS:
         raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {SPACINGS}")
 
@@ -284,12 +373,7 @@ class UNetEps(torch.nn.Module):
         out = out[:, : u.shape[1]]  # learned-variance models append the variance channels
         ab = torch.from_numpy(np.exp(self.process.log_alpha_bar(t.detach().double().cpu().numpy())))
         ab = ab.to(device=u.device, dtype=u.dtype).reshape(-1, 1, 1, 1)
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        if self.prediction_type == "epsilon":
-            return out
-        if self.prediction_type == "v_prediction":
-            return a * out + s * u
-        return (u - a * out) / s
+        return epsilon_of(self.prediction_type, out, u, ab.sqrt(), (1 - ab).sqrt())
 
 
 def is_diffusers_folder(path: str | Path) -> bool:

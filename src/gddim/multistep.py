@@ -29,7 +29,8 @@ def interpolation_variable(process: LinearProcess, name: str):
     """ρ(τ) and ρ'(τ) (vectorized over float64 arrays of any shape) for the Lagrange interpolation (FAST §3).
 
     "logsnr" is the process's log-SNR: for BDM the DC mode's, which is the slowest mode (blur leaves it alone).
-    Its derivative is a 4th-order central difference at h = 1e-3 τ: truncation and round-off both below 1e-11.
+    Its derivative is a 4th-order central difference at h = 1e-3 τ (one-sided within 2h of t = 1): truncation
+    and round-off both below 1e-11.
     """
     if name == "t":
         return (lambda x: x), np.ones_like
@@ -40,7 +41,11 @@ def interpolation_variable(process: LinearProcess, name: str):
 
         def drho(x):
             h = 1e-3 * x
-            return (8 * (rho(x + h) - rho(x - h)) - (rho(x + 2 * h) - rho(x - 2 * h))) / (12 * h)
+            inside = x + 2 * h <= 1  # processes live on t in [0, 1]: near t = 1 the stencil looks back only
+            f = [rho(np.where(inside, x, x - 2 * h) + j * h) for j in (-2, -1, 0, 1, 2)]
+            central = (8 * (f[3] - f[1]) - (f[4] - f[0])) / (12 * h)
+            backward = (3 * f[0] - 16 * f[1] + 36 * f[2] - 48 * f[3] + 25 * f[4]) / (12 * h)
+            return np.where(inside, central, backward)
 
         return rho, drho
     raise SettingsError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
@@ -125,11 +130,7 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     ends = _kernel(process, prediction, lam, t, s, tau, (ts[0], ts[-1]))
     degrees = step_degrees(n, order, lower_order_final)
     C = _coefficients(ts, degrees, 0, ends, tau, w, rho, drho)
-    # the last step has no later model call to correct it with: its corrector row repeats the predictor
     redo = _coefficients(ts, degrees, 1, ends, tau, w, rho, drho) if corrector else None
-    if corrector:
-        redo[-1] = 0.0
-        redo[-1, 1 : C.shape[1] + 1] = C[-1]
     P = Q = None
     if prediction == "data":
         m_inv = np.linalg.inv(process.mean_coef(ts))
@@ -138,7 +139,8 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
             redo = redo @ m_inv[np.arange(n)[:, None] + 1 - np.arange(redo.shape[1])[None, :]]
         P, Q = blocks.eye(process.modes, process.k)[None].repeat(n, 0), -process.R(t)
     S = noise_root(process, t, s, ends[0]) if lam > 0 else None
-    return Recursion(times=t, next_times=s, A=ends[0], C=C, S=S, P=P, Q=Q, corrector=redo)
+    # the last step has no later model call to correct it with: its corrector row repeats the predictor
+    return Recursion(times=t, next_times=s, A=ends[0], C=C, S=S, P=P, Q=Q, corrector=redo).corrector_off([n - 1])
 
 
 def final_data_step(process: LinearProcess, t_end: float) -> Recursion:

@@ -125,21 +125,26 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
     if key not in cache:
-        if method == "gddim" and not fast.is_integrator_paper:
-            rec = multistep.multistep(process, ts, order, lam, fast.prediction, fast.corrector, fast.interpolation,
-                                      fast.lower_order_final)
-        elif method == "gddim" and lam == 0:
-            rec = coefficients.exponential_integrator(process, ts, order, parameterization)
-        elif method in ("gddim", "ancestral"):
-            rec = coefficients.stochastic(process, ts, lam)
-        else:
-            rec = coefficients.euler_maruyama(process, ts, lam)
+        rec = integrator(process, ts, method, order, lam, parameterization, fast)
         if fast.final_step == "data":
             rec = rec.then(multistep.final_data_step(process, ts[-1]))
         elif denoise:
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
     return cache[key]
+
+
+def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", order: int = 0, lam: float = 0.0,
+               parameterization: str = "R", options: Multistep = Multistep()) -> Recursion:
+    """The integrator steps of one (checked) sampler on the grid ts, without the final denoising or data step."""
+    if method == "gddim" and not options.is_integrator_paper:
+        return multistep.multistep(process, ts, order, lam, options.prediction, options.corrector,
+                                   options.interpolation, options.lower_order_final)
+    if method == "gddim" and lam == 0:
+        return coefficients.exponential_integrator(process, ts, order, parameterization)
+    if method in ("gddim", "ancestral"):
+        return coefficients.stochastic(process, ts, lam)
+    return coefficients.euler_maruyama(process, ts, lam)
 
 
 def _multistep_options(method: str, order: int | None, lam: float | None, parameterization: str,
@@ -246,38 +251,70 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> to
 
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
-
-    With a corrector, the model output at the predicted end of step i also redoes step i (same noise z):
-    the next step starts from the corrected state, the history keeps the output at the predicted one.
-    """
+    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
     process.check_state(u, "u_T")
     model = _Model(process, eps_fn)
-    cast = lambda a: None if a is None else process.blocks(a, u)
-    A, C, S, E, P, Q, redo = (cast(a) for a in (rec.A, rec.C, rec.S, rec.eps_map, rec.P, rec.Q, rec.corrector))
-    depth = C.shape[1] if redo is None else max(C.shape[1], redo.shape[1])
+    stepper = Stepper(process, rec, u)
     y = process.to_basis(u)
-    history: list[torch.Tensor] = []
-    start = noise = None  # the state step i-1 started from and its noise, for the corrector
     for i in tqdm(range(rec.steps), disable=not progress, desc="sampling", leave=False):
-        eps = model(y, float(rec.times[i]), i)
-        if E is not None:
-            eps = blocks.apply(E[i], eps)
-        item = eps if P is None else blocks.apply(P[i], y) + blocks.apply(Q[i], eps)
-        history = [item] + history[: depth - 1]
-        if redo is not None and i > 0:
-            y = _step(A[i - 1], redo[i - 1], start, history, noise)
-        start = y
-        noise = None if S is None else blocks.apply(S[i], standard_normal(y, generator))
-        y = _step(A[i], C[i], y, history, noise)
+        y = stepper.step(y, model(y, float(rec.times[i]), i), generator)
     return process.from_basis(y)
+
+
+class Stepper:
+    """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
+
+    It holds the coefficients cast to the state's dtype and device and the history h. The corrector redoes
+    step i-1 once the model output at its predicted end is known; the redone step differs from the predicted
+    one (same start, same noise z) only in its history terms, y_i ← y_i + Σ_j D_ij h_j with
+    D_i = corrector_i - C_i shifted by one, and step i then applies A_i to it: the two fold into step i's
+    history coefficients, C_ij + A_i D_(i-1)j, built once in float64. The history keeps the output at the
+    predicted state. States and outputs are in the basis layout (B, k, C, H, W).
+    """
+
+    def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
+                 normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
+        cast = lambda a: None if a is None else process.blocks(a, like)
+        self.A, self.S, self.E, self.Q = (cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q))
+        # h = u + Q ε when P is the identity (the data form): one multiply-add
+        self.P = None if rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape)) \
+            else cast(rec.P)
+        self.C = cast(rec.C if rec.corrector is None else _fold_corrector(rec))
+        self.normal = normal
+        self.steps, self.index = rec.steps, 0
+        self.history: list[torch.Tensor] = []
+
+    def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The state after step `index`, given the state y the step starts from and the model output there."""
+        i = self.index
+        if i >= self.steps:
+            raise IndexError(f"all {self.steps} steps of this recursion are done")
+        if self.E is not None:
+            eps = blocks.apply(self.E[i], eps)
+        if self.Q is not None:
+            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
+        self.history = [eps] + self.history[: self.C.shape[1] - 1]
+        noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
+        self.index = i + 1
+        return _step(self.A[i], self.C[i], y, self.history, noise)
+
+
+def _fold_corrector(rec: Recursion) -> np.ndarray:
+    """Each step's history coefficients with the previous step's correction folded in (see Stepper)."""
+    assert rec.corrector.shape[1] >= rec.C.shape[1] + 1, "a corrector row holds the new output and every predictor term"
+    predictor = np.zeros_like(rec.corrector)
+    predictor[:, 1 : rec.C.shape[1] + 1] = rec.C
+    merged = np.zeros_like(rec.corrector)
+    merged[:, : rec.C.shape[1]] = rec.C
+    merged[1:] += rec.A[1:, None] @ (rec.corrector - predictor)[:-1]
+    return merged
 
 
 def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
     """A y + Σ_j C_j h_j (+ the step's noise)."""
     out = blocks.apply(A, y)
     for c, past in zip(C, history):
-        out = out + blocks.apply(c, past)
+        out = blocks.add_applied(out, c, past)
     return out if noise is None else out + noise
 
 
