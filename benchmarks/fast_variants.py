@@ -60,14 +60,15 @@ def label(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items())
 
 
-def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, shortlist: bool) -> tuple[list[dict], dict]:
+def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, shortlist: bool,
+                    nfes: list[int]) -> tuple[list[dict], dict]:
     process = make_process(name, tuple(data.shape[-2:]))
     eps_fn = gddim.exact_eps(process, data)
     u_T = process.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(0),
                                dtype=torch.float64)
     x_ref, info = reference_solution(process, eps_fn, u_T, rtol)
     records = []
-    for options, nfe in itertools.product(SHORTLIST if shortlist else variants(), NFES):
+    for options, nfe in itertools.product(SHORTLIST if shortlist else variants(), nfes):
         start = time.perf_counter()
         try:
             x = gddim.sample(process, eps_fn, u_T, nfe, **options)
@@ -95,12 +96,12 @@ def ratios(records: list[dict], field: str = "path_error") -> dict:
     return out
 
 
-def best(ratio: dict) -> dict:
+def best(ratio: dict, nfes: list[int]) -> dict:
     """Per process, the variants ranked by the geometric mean over NFE of a ratio (all NFEs present)."""
     out = {}
     for process, by_label in ratio.items():
         scored = [(math.exp(sum(math.log(v) for v in by_nfe.values()) / len(by_nfe)), lab, by_nfe)
-                  for lab, by_nfe in by_label.items() if len(by_nfe) == len(NFES)]
+                  for lab, by_nfe in by_label.items() if len(by_nfe) == len(nfes)]
         scored.sort()
         out[process] = [dict(label=lab, geometric_mean_ratio=g, ratio_by_nfe=by_nfe) for g, lab, by_nfe in scored[:10]]
     return out
@@ -141,19 +142,20 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rtol", type=float, default=1e-8, help="reference ODE tolerance (solved at rtol/2)")
     parser.add_argument("--shortlist", action="store_true", help="only the baseline and the leading candidates")
+    parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = benchmark_images("digits").double()
     records, references = [], {}
     for name in args.processes:
-        new, references[name] = measure_process(name, data, args.batch, args.rtol, args.shortlist)
+        new, references[name] = measure_process(name, data, args.batch, args.rtol, args.shortlist, args.nfes)
         records += new
         print(f"{name}: {len(new)} runs, {time.perf_counter() - started:.0f} s", file=sys.stderr)
     ratio = ratios(records)
-    ranking = best(ratio)
+    ranking = best(ratio, args.nfes)
     result = {
         "benchmark": "multistep variants of FAST.md on the exact score (BENCHMARKS.md §1)",
-        "dataset": "digits", "data_points": len(data), "batch": args.batch, "nfes": list(NFES),
+        "dataset": "digits", "data_points": len(data), "batch": args.batch, "nfes": args.nfes,
         "baseline": label(BASELINE),
         "definitions": {
             "path_error": "RMS over batch and dimensions of x - x_ref, x_ref the DOP853 probability-flow ODE solution "

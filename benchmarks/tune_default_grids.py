@@ -4,13 +4,16 @@ For VP, CLD and BDM with default parameters: the exact ε of the 8x8 digits (tra
 B prior samples drawn with a fixed seed, one gddim.tuning.model_step_costs run, then the best grid for every
 step count 1..MAX_STEPS. Deterministic: rerunning it rewrites the same files (up to BLAS round-off).
 
-    python benchmarks/tune_default_grids.py [--batch 256] [--candidates 120] [--max-steps 40]
+    python benchmarks/tune_default_grids.py [--batch 256] [--candidates 120] [--max-steps 40] [--out DIR]
+
+--out writes the files elsewhere (the package folder is the default), e.g. a small trial run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ SEED = 0
 RTOL = 1e-7  # exact float64 scores: the teacher can be solved tighter than a network's
 
 
-def tuned_record(name: str, batch: int, candidates: int, max_steps: int) -> dict:
+def tuned_record(name: str, batch: int, candidates: int, max_steps: int, command: str) -> dict:
     data = benchmark_images(DATASET)
     process = make_process(name, tuple(data.shape[-2:]))
     u_T = process.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(SEED),
@@ -39,21 +42,24 @@ def tuned_record(name: str, batch: int, candidates: int, max_steps: int) -> dict
                 "candidates": candidates, "candidate_grid": CANDIDATE_GRID, "rtol": RTOL,
                 "model_calls": costs.model_calls, "seconds": round(costs.seconds, 1),
                 "cost": "RMS local error of one gDDIM q=0 step, summed over the steps",
-                "command": "python benchmarks/tune_default_grids.py"}
+                "command": command}
     return {"format": TUNED_FORMAT, "version": VERSION, "process": process.config(), "tuned_on": tuned_on,
             "grids": grids}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--candidates", type=int, default=120)
-    parser.add_argument("--max-steps", type=int, default=40)
-    args = parser.parse_args()
-    TUNED_DIR.mkdir(exist_ok=True)
-    for name in PROCESSES:
-        record = tuned_record(name, args.batch, args.candidates, args.max_steps)
-        path = Path(TUNED_DIR) / f"{name}.json"
+    parser.add_argument("--batch", type=int, default=256, help="prior samples the teacher ODE starts from")
+    parser.add_argument("--candidates", type=int, default=120, help="candidate times K")
+    parser.add_argument("--max-steps", type=int, default=40, help="a grid for every step count 1..this")
+    parser.add_argument("--processes", nargs="+", choices=PROCESSES, default=list(PROCESSES))
+    parser.add_argument("--out", type=Path, default=TUNED_DIR, help="folder of the <process>.json files")
+    args = parser.parse_args(argv)
+    command = " ".join(["python benchmarks/tune_default_grids.py", *(sys.argv[1:] if argv is None else argv)])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.processes:
+        record = tuned_record(name, args.batch, args.candidates, args.max_steps, command)
+        path = args.out / f"{name}.json"
         atomic_write_text(path, json.dumps(record, indent=None) + "\n")
         print(f"{name}: {record['tuned_on']['model_calls']} model calls, {record['tuned_on']['seconds']} s -> {path}")
 

@@ -35,6 +35,8 @@ TRAINED_SMOKE = ("--steps", "2", "--batch", "8", "--n", "4", "--eval-batch", "4"
                  "--claims-n", "4", "--claims-seeds", "2", "--claims-max-nfe", "10", "--device", "cpu", "--quiet")
 FASHION_OUT = ("--out", "benchmarks/trained_fashion-mnist")  # the script's default folder holds measured results
 PEERS_SMOKE = ("--nfe", "5", "--batch", "4", "--n-data", "100", "--rtol", "1e-6")
+QUICKSTART = "gddim quickstart --out runs/quickstart"
+FAST_VARIANTS_SMOKE = ("--processes", "vp", "--batch", "4", "--rtol", "1e-4")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Smoke:
     """How a documented command runs at smoke size."""
 
     flags: tuple[str, ...] = ()  # appended to the command (argparse: the last value of a flag wins)
-    replace: tuple[tuple[str, str], ...] = ()  # (documented word, smoke word): options placed before the program
+    replace: tuple[tuple[str, str], ...] = ()  # (documented word, smoke word): options before the program, placeholders
     drop: tuple[str, ...] = ()  # flags left out with their value (with the reason beside the entry)
     needs: str | None = None  # data or packages that may be absent: the command is skipped without them
     after: str | None = None  # a documented command whose output this one reads
@@ -50,7 +52,19 @@ class Smoke:
 
 
 SMOKE = {
-    "gddim quickstart --out runs/quickstart": Smoke(("--steps", "2", "--n", "8")),
+    QUICKSTART: Smoke(("--steps", "2", "--n", "8")),
+    "python benchmarks/tune_default_grids.py":
+        Smoke(("--batch", "4", "--candidates", "8", "--max-steps", "3", "--processes", "vp", "--out",
+               "benchmarks/tuned_default_grids")),
+    # RUN: the quickstart's 2-step model, whose stiff ODE a loose trained-model tolerance keeps to seconds
+    "python benchmarks/tuned_grids/measure.py --run RUN":
+        Smoke(("--batch", "4", "--tune-batch", "4", "--candidates", "8", "--nfes", "5", "--processes", "vp",
+               "--trained-rtol", "1e-1", "--out", "benchmarks/tuned_grids/results.json"),
+              replace=(("RUN", "runs/quickstart/run"),), after=QUICKSTART),
+    "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --out benchmarks/fast_variants_digits":
+        Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "5")),
+    "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --shortlist --batch 256 --out "
+    "benchmarks/fast_variants_digits/shortlist": Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "5", "10")),
     "python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits": Smoke(PEERS_SMOKE),
     "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
     "benchmarks/peers_fashion-mnist": Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
