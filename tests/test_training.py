@@ -246,6 +246,15 @@ def test_sampler_specs_round_trip():
     assert Sampler.parse("gddim:q=3").order == 3 and Sampler.parse("em:lam=0").lam == 0.0
     with pytest.raises(ValueError, match="bad sampler option"):
         Sampler.parse("gddim:order=2")
+    fast = Sampler.parse("gddim:q=3:pred=data:corr=1:interp=sqrt_t:lof=0:final=data")
+    assert fast.options() == {"method": "gddim", "order": 3, "parameterization": "R", "prediction": "data",
+                              "corrector": True, "interpolation": "sqrt_t", "lower_order_final": False,
+                              "final_step": "data"}
+    assert Sampler.parse(fast.label) == fast and Sampler.parse("gddim").options() == {"method": "gddim",
+                                                                                       "parameterization": "R"}
+    with pytest.raises(ValueError, match="corrector in 'gddim:corr=2' must be 0 or 1"):
+        Sampler.parse("gddim:corr=2")
+
 
 
 def test_grid_and_npz(tmp_path, cld_run):
