@@ -76,7 +76,11 @@ class Sampler:
             value = getattr(self, name)
             if value is None or (name == "parameterization" and value == "R"):
                 continue
-            parts.append(f"{key}={int(value) if isinstance(value, bool) else format(value, 'g') if name == 'lam' else value}")
+            if isinstance(value, bool):
+                value = int(value)  # flags are written 0 / 1
+            elif name == "lam":
+                value = format(value, "g")
+            parts.append(f"{key}={value}")
         return ":".join(parts)
 
     def options(self) -> dict:
