@@ -25,16 +25,15 @@ METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
 
-def check_order_and_lam(order: int, lam: float, order_name: str = "order q", prediction: str = "eps") -> None:
+def _check_order_and_lam(order: int, lam: float, prediction: str) -> None:
     """gDDIM's order q and stochasticity λ: q in 0..3, λ in [0, 1]; λ > 0 with q > 0 only in the data form (FAST §6)."""
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= MAX_ORDER):
-        raise SettingsError(f"{order_name} must be an integer in 0..{MAX_ORDER}, got {order!r}")
+        raise SettingsError(f"order q must be an integer in 0..{MAX_ORDER}, got {order!r}")
     if not 0.0 <= lam <= 1.0:
         raise SettingsError(f"λ (lam) must lie in [0, 1], got {lam}")
     if lam > 0 and order > 0 and prediction != "data":
-        name = order_name.split()[0]
-        raise SettingsError(f"stochastic gDDIM (lam > 0) with {name} > 0 extrapolates the data prediction (FAST §6): "
-                         f"pass prediction='data', or use {name}=0")
+        raise SettingsError("stochastic gDDIM (lam > 0) with order > 0 extrapolates the data prediction (FAST §6): "
+                            "pass prediction='data', or use order=0")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def _check_options(process: LinearProcess, method: str, order: int, lam: float, 
     if method not in METHODS:
         raise SettingsError(f"unknown method {method!r}; choose one of {METHODS}")
     options.check(method, parameterization)
-    check_order_and_lam(order, lam, prediction=options.prediction)
+    _check_order_and_lam(order, lam, options.prediction)
     if lam > 0 and options.corrector and options.prediction != "data":
         raise SettingsError("the corrector of stochastic gDDIM (lam > 0) works on the data prediction: "
                          "pass prediction='data'")
