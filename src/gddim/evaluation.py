@@ -16,7 +16,7 @@ import torch
 from .atomic import atomic_write_text
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
-from .errors import SettingsError
+from .errors import MissingFileError, SettingsError
 from .generation import sample_images, save_grid
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .sampling import SamplerError, check_sampler
@@ -114,7 +114,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
-            raise FileNotFoundError(f"Inception weights {inception} do not exist")
+            raise MissingFileError(f"Inception weights {inception} do not exist")
         n = len(real) if n is None else n
         reference, floor = real, None
         score = lambda fake: inception_fid(reference, fake, inception, device=device or "cpu")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
-from .errors import SettingsError
+from .errors import SettingsError, UserFileError
 from .processes import LinearProcess
 
 FORMAT, VERSION = "gddim-grid", 1
@@ -50,7 +50,9 @@ def read_grid_file(path: str | Path) -> dict:
     path = Path(path).expanduser()
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise UserFileError(f"grid file {path} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SettingsError(f"grid file {path} is not valid JSON ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise SettingsError(f"{path} is not a gddim grid file (no \"format\": \"{FORMAT}\"); make one with gddim tune-grid")

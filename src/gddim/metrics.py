@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-from .errors import DependencyError, SettingsError
+from .errors import DependencyError, MissingFileError, SettingsError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -152,8 +152,8 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
     """
     weights_path = Path(weights_path).expanduser()
     if not weights_path.is_file():
-        raise FileNotFoundError(f"Inception weights {weights_path} do not exist; pass a local copy of "
-                                f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
+        raise MissingFileError(f"Inception weights {weights_path} do not exist; pass a local copy of "
+                               f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
     if not _TORCH_FIDELITY_AVAILABLE:
         raise DependencyError(
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import load_images
+from .errors import OutputExistsError
 from .evaluation import evaluate
 from .networks import preset
 from .processes import CLD
@@ -20,7 +21,7 @@ def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int =
     main job)."""
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not (out / "run").is_dir():
-        raise FileExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
+        raise OutputExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
     images = load_images("digits")
     # the default settings, with warmup and checkpoint interval cut to fit a short run
     config = TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps), seed=seed,

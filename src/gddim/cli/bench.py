@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from .. import sweeps
+from ..errors import OutputExistsError
 from .options import PROCESSES, non_empty, non_negative, positive, positive_number
 
 
@@ -51,9 +52,9 @@ def _prepare(args) -> None:
     import torch
 
     if args.out.exists() and not args.out.is_dir():
-        raise FileExistsError(f"--out {args.out} is a file; name a folder")
+        raise OutputExistsError(f"--out {args.out} is a file; name a folder")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{args.out} is not empty; pass --overwrite to write into it or choose another --out")
+        raise OutputExistsError(f"{args.out} is not empty; pass --overwrite to write into it or choose another --out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -1,4 +1,5 @@
-"""Argument types of the `gddim` command: each refuses a bad value with a message that says what is wrong.
+"""Argument types and options shared by the `gddim` commands: each type refuses a bad value with a message that
+says what is wrong.
 
 Nothing heavy is imported here, so that `gddim --help` answers at once; the few names the parsers offer as
 choices are spelled out below (tests check them against the library).
@@ -139,3 +140,20 @@ def one_of(names):
         return text
 
     return parse
+
+
+def grid_option(parser: argparse.ArgumentParser) -> None:
+    """--grid: a named time grid or a grid file (`gddim sample` and `gddim evaluate`)."""
+    parser.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, "
+                        "logsnr, tuned (shipped, tuned on exact scores) or a grid file from `gddim tune-grid` (tuned "
+                        "for this model and NFE)")
+
+
+def data_source(source: str) -> str:
+    """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
+    from ..data import BUILT_IN_DATA
+
+    if source in BUILT_IN_DATA:
+        return source
+    prefix = "cifar10:" if source.startswith("cifar10:") else ""
+    return prefix + str(Path(source[len(prefix):]).expanduser().resolve())
