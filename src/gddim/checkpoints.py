@@ -180,7 +180,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def load_weights(model: torch.nn.Module, checkpoint: Checkpoint, which: str = "ema") -> None:
     """Copy the checkpoint's EMA or raw weights into model, naming every key or shape that does not match."""
     if which not in ("ema", "model"):
-        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+        raise SettingsError(f"which must be 'ema' or 'model', got {which!r}")
     _load_prefixed(model, checkpoint.tensors, "ema.module." if which == "ema" else "model.",
                    f"checkpoint {checkpoint.path}")
 

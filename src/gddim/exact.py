@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import blocks
+from .errors import SettingsError
 from .processes import LinearProcess
 from .sampling import EpsFn
 
@@ -19,14 +20,14 @@ from .sampling import EpsFn
 def _single_time(t: torch.Tensor) -> float:
     values = torch.unique(t.detach())
     if len(values) != 1:
-        raise ValueError("exact ε-models take one time per call (every sampler passes a constant t)")
+        raise SettingsError("exact ε-models take one time per call (every sampler passes a constant t)")
     return float(values[0])
 
 
 def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str = "R", chunk: int = 8192) -> EpsFn:
     """The exact ε of the empirical distribution of `data` (N, C, H, W) under `process`."""
     if data.ndim != 4 or len(data) == 0:
-        raise ValueError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
+        raise SettingsError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
     y0 = process.to_basis(process.data_to_state(data.detach().cpu().to(torch.float64)))  # (N, k, C, H, W)
     if y0[:, 1:].any():
         raise ValueError(f"{process.name}.data_to_state must leave every component but the first at zero")
@@ -38,7 +39,7 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
     def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         process.check_state(u)
         if u.shape[1:] != (process.k * x0.shape[2], *x0.shape[3:]):
-            raise ValueError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
+            raise SettingsError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
         tt = _single_time(t)
         K = process.K(tt, parameterization)
         w = blocks.apply(process.blocks(np.linalg.inv(K), x0), process.to_basis(u.detach().cpu().to(torch.float64)))

@@ -62,7 +62,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
     least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
+        raise SettingsError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
     pixels = to_uint8(images)
     n, h, w, c = pixels.shape
     nrow = nrow or math.ceil(math.sqrt(n))

@@ -19,7 +19,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from . import blocks
-from .errors import NetworkConfigError
+from .errors import NetworkConfigError, SettingsError
 from .exact import gaussian_gain
 from .processes import LinearProcess
 
@@ -169,8 +169,8 @@ class EpsModel(nn.Module):
     def forward(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         expected = (self.k * self.data_channels, self.image_size, self.image_size)
         if u.ndim != 4 or tuple(u.shape[1:]) != expected:
-            raise ValueError(f"EpsModel takes states of shape (B, {', '.join(map(str, expected))}), "
-                             f"got {tuple(u.shape)}")
+            raise SettingsError(f"EpsModel takes states of shape (B, {', '.join(map(str, expected))}), "
+                                f"got {tuple(u.shape)}")
         weight = self.unet.conv_in.weight
         t = torch.as_tensor(t, device=u.device).reshape(-1).expand(u.shape[0])
         # samplers may run in float64 (reference_ode): compute in the weights' dtype, answer in u's; the time
