@@ -97,6 +97,15 @@ def test_files_the_user_names_are_project_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", [["bench", "exact", "--dataset", "{missing}", "--out", "{tmp}/b"],
+                                     ["train", "--process", "vp", "--data", "{missing}", "--out", "{tmp}/t"]])
+def test_cli_bad_data_is_one_line_on_stderr(command, tmp_path, capsys):
+    args = [a.format(missing=tmp_path / "no_such_data", tmp=tmp_path) for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gddim {args[0]}: error: data source") and "does not exist" in err and "Traceback" not in err
+
+
 def test_file_errors_keep_their_built_in_base():
     assert issubclass(errors.MissingFileError, FileNotFoundError) and issubclass(errors.MissingFileError, errors.GddimError)
     assert issubclass(errors.OutputExistsError, FileExistsError) and issubclass(errors.UserFileError, OSError)
