@@ -97,6 +97,32 @@ def test_files_the_user_names_are_project_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command, message", [
+    (["train", "--process", "vp", "--steps", "1", "--out", "{file}"], "output folder {file} exists and holds no resumable"),
+    (["quickstart", "--out", "{file}"], "{file} exists and is not a quickstart folder"),
+    (["invert", "--exact", "digits", "--n", "2", "--nfe", "4", "--out", "{file}/r.json"],
+     "cannot make the folder {file} (File exists: {file}); choose another output place"),
+])
+def test_an_output_place_blocked_by_a_file_is_one_line(command, message, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    args = [a.format(file=blocker) for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gddim {args[0]}: error: ") and message.format(file=blocker) in err
+    assert blocker.read_text() == "mine"
+
+
+def test_make_folder_makes_parents_and_refuses_a_file_in_the_way(tmp_path):
+    from gddim.atomic import make_folder
+
+    assert make_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert make_folder(tmp_path / "a") == tmp_path / "a"  # an existing folder is fine
+    (tmp_path / "f").write_text("")
+    with pytest.raises(errors.UserFileError, match=f"cannot make the folder {tmp_path / 'f' / 'g'}"):
+        make_folder(tmp_path / "f" / "g")
+
+
 @pytest.mark.parametrize("command", [["bench", "exact", "--dataset", "{missing}", "--out", "{tmp}/b"],
                                      ["train", "--process", "vp", "--data", "{missing}", "--out", "{tmp}/t"]])
 def test_cli_bad_data_is_one_line_on_stderr(command, tmp_path, capsys):

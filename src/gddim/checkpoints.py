@@ -247,6 +247,8 @@ def _unfinished_start(out_dir: Path) -> bool:
     killed early or stopped by bad input), so that the same command can start it again."""
     if not out_dir.exists():
         return True
+    if not out_dir.is_dir():
+        return False
     own = {"loss.csv": None, "checkpoints": "step_*", "samples": "step_*.png"}  # name -> pattern of its entries
     for entry in out_dir.iterdir():
         if is_temp(entry.name):

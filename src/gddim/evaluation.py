@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, make_folder
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
 from .errors import MissingFileError, SettingsError
@@ -144,7 +144,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
             if progress:
                 _print_record(record, kept=key in finished)
             if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                metrics.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(metrics.parent)
                 atomic_write_text(metrics, json.dumps(result, indent=2))
     if metrics is not None:
         save_metrics_and_plot(result, metrics.parent)
@@ -186,7 +186,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
@@ -224,7 +224,7 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, ncols=2)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fig.savefig(path, dpi=120)
     return path
 

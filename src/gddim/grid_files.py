@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, make_folder
 from .errors import SettingsError, UserFileError
 from .processes import LinearProcess
 
@@ -40,7 +40,7 @@ def grid_record(times: np.ndarray, nfe: int, process: LinearProcess, tuned_on: d
 def write_grid_file(path: str | Path, record: dict) -> Path:
     """Write a grid_record atomically (a temporary file renamed into place)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path
 

@@ -20,7 +20,8 @@ def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int =
     at NFE 10, 20 and 50, and write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's
     main job)."""
     out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()) and not (out / "run").is_dir():
+    empty_folder = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not empty_folder and not (out / "run").is_dir():
         raise OutputExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
     images = load_images("digits")
     # the default settings, with warmup and checkpoint interval cut to fit a short run
