@@ -18,7 +18,7 @@ import gddim
 from gddim import evaluation, training
 from gddim.cli import main
 from gddim.data import load_images
-from gddim.evaluation import Sampler, sample_images, save_grid, save_npz, to_uint8
+from gddim.evaluation import sample_images, save_grid, save_npz, to_uint8
 from gddim.sampling import SamplerError
 from gddim.networks import EpsModel, NetworkConfig, NetworkConfigError, TIME_SCALE, preset
 from gddim.training import CheckpointError, TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
@@ -239,23 +239,6 @@ def test_output_folder_is_never_silently_overwritten(tmp_path, digits, cld_run):
 
 
 # ---- sampling and evaluation helpers ---------------------------------------------------------------------
-
-def test_sampler_specs_round_trip():
-    for spec in ("gddim", "gddim:q=2", "gddim:lam=0.5", "gddim:q=1:param=L", "em", "sscs"):
-        assert Sampler.parse(spec).label == spec
-    assert Sampler.parse("gddim:q=3").order == 3 and Sampler.parse("em:lam=0").lam == 0.0
-    with pytest.raises(ValueError, match="bad sampler option"):
-        Sampler.parse("gddim:order=2")
-    fast = Sampler.parse("gddim:q=3:pred=data:corr=1:interp=sqrt_t:lof=0:final=data")
-    assert fast.options() == {"method": "gddim", "order": 3, "parameterization": "R", "prediction": "data",
-                              "corrector": True, "interpolation": "sqrt_t", "lower_order_final": False,
-                              "final_step": "data"}
-    assert Sampler.parse(fast.label) == fast and Sampler.parse("gddim").options() == {"method": "gddim",
-                                                                                       "parameterization": "R"}
-    with pytest.raises(ValueError, match="corrector in 'gddim:corr=2' must be 0 or 1"):
-        Sampler.parse("gddim:corr=2")
-
-
 
 def test_grid_and_npz(tmp_path, cld_run):
     ckpt = load_checkpoint(cld_run)
