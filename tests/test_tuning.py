@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gddim
-from gddim.benchmark import rms_error
+from gddim.bench.records import rms_error
 from gddim.cli import main
 from gddim.coefficients import exponential_integrator
 from gddim.data import load_images
