@@ -21,7 +21,7 @@ canonical spec; peers: the peer's name) and its grid or spacing in "setting"; (s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ class _Measure:
     refs: References
     data: torch.Tensor
     eps_fn: CountingEps
-    progress: object
+    progress: Callable[[str], None]
 
     def __post_init__(self):
         self.records: list[dict] = []
