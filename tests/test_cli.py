@@ -143,4 +143,4 @@ def test_names_offered_by_the_parsers_are_the_library_names():
     assert options.PROCESSES == tuple(processes.PROCESSES)
     assert options.PRESET_NAMES == tuple(sorted(networks.PRESETS))
     assert options.GRID_NAMES == grids.GRIDS
-    assert options.SAMPLER_METHODS == sampling.METHODS and options.MAX_ORDER == sampling.MAX_ORDER
+    assert options.MAX_ORDER == sampling.MAX_ORDER

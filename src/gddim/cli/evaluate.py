@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..spec import SPEC_FORM
 from .options import (data_source, device, grid_option, integer, non_empty, non_negative, nfe_list, positive,
                       sampler_list)
 
@@ -13,8 +14,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
-                   help='comma-separated specs method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]'
-                        '[:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data|integrate], e.g. "gddim,gddim:q=2,em"; '
+                   help=f'comma-separated specs {SPEC_FORM}, e.g. "gddim,gddim:q=2,em"; '
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     grid_option(p)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OutputExistsError
-from .options import (SAMPLER_METHODS, device, grid_option, non_empty, non_negative, order, output_prefix, positive,
+from ..spec import METHODS
+from .options import (device, grid_option, non_empty, non_negative, order, output_prefix, positive,
                       unit_interval)
 
 
 def _sampler_options(p) -> None:
-    p.add_argument("--method", default="gddim", choices=SAMPLER_METHODS)
+    p.add_argument("--method", default="gddim", choices=METHODS)
     p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, "
                    "corrector), set: the paper's gDDIM of that order")
     p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
