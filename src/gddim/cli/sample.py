@@ -6,8 +6,7 @@ from pathlib import Path
 
 from ..errors import OutputExistsError
 from ..spec import METHODS
-from .options import (device, grid_option, non_empty, non_negative, order, output_prefix, positive,
-                      unit_interval)
+from .options import device, grid_option, non_empty, non_negative, order, output_prefix, positive, unit_interval
 
 
 def _sampler_options(p) -> None:
