@@ -1,7 +1,8 @@
 """The sampler loop, `sample()` and the float64 reference solution of the probability-flow ODE.
 
-An ε-model is any callable eps_fn(u, t) -> ε with u a state (B, k*C, H, W) in pixel layout and t a
-tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u.
+An ε-model is any callable eps_fn(u, t, **model_kwargs) -> ε with u a state (B, k*C, H, W) in pixel layout and
+t a tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u (gddim.loop: how the
+loop calls it).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from . import blocks, coefficients, multistep
 from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
+from .loop import Callback, CheckedModel, EpsFn, ModelCall, host_model
 from .processes import CLD, LinearProcess
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
@@ -215,33 +216,6 @@ def _default_lam(method: str, lam: float | None) -> float:
     return float(lam)
 
 
-class _Model:
-    """Calls eps_fn on basis states, checking what comes back."""
-
-    def __init__(self, process: LinearProcess, eps_fn: EpsFn):
-        self.process, self.eps_fn = process, eps_fn
-        self.calls = 0
-
-    def __call__(self, y: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        u = self.process.from_basis(y)
-        # times stay float32 or wider even when the state is half precision (a bf16 time is ~2 labels off)
-        tt = torch.full((u.shape[0],), t, dtype=torch.promote_types(u.dtype, torch.float32), device=u.device)
-        eps = self.eps_fn(u, tt)
-        self.calls += 1
-        if not isinstance(eps, torch.Tensor) or eps.shape != u.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise SamplerError(f"eps_fn returned {got} at step {step} (t={t:.6g}); expected {tuple(u.shape)}")
-        if not torch.isfinite(eps).all():
-            raise SamplerError(f"eps_fn returned NaN or inf at step {step} (t={t:.6g}); "
-                               "check the model and its time input")
-        return self.process.to_basis(eps.to(u.dtype))
-
-
-def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> _Model:
-    """The checked model for float64 states on the CPU (scipy's side), evaluated on the model's device."""
-    return _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
-
-
 def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Noise shaped like `like`, drawn in float64 and cast to its dtype: one seed gives the same draws whatever the
     state's precision (torch draws float32 and float64 from different streams), as prior_sample does."""
@@ -249,15 +223,26 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> to
 
 
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
-                  generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
+                  generator: torch.Generator | None = None, progress: bool = False,
+                  call: ModelCall = ModelCall()) -> torch.Tensor:
+    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
+
+    The loop never waits for the device: a NaN or inf from the model is found there and reported after the loop
+    (SamplerError naming the first bad step)."""
     process.check_state(u, "u_T")
-    model = _Model(process, eps_fn)
-    stepper = Stepper(process, rec, u)
-    y = process.to_basis(u)
-    for i in tqdm(range(rec.steps), disable=not progress, desc="sampling", leave=False):
-        y = stepper.step(y, model(y, float(rec.times[i]), i), generator)
+    model = CheckedModel(process, eps_fn, call)
+    with model.at_times(rec.times, u):
+        y = run_steps(process.to_basis(u), model, Stepper(process, rec, u), generator, progress)
+    model.report()
     return process.from_basis(y)
+
+
+def run_steps(y: torch.Tensor, model: CheckedModel, stepper: Stepper, generator: torch.Generator | None = None,
+              progress: bool = False, first_step: int = 0) -> torch.Tensor:
+    """The stepper's remaining steps from the basis state y, the model's steps numbered from first_step."""
+    for i in tqdm(range(stepper.index, stepper.steps), disable=not progress, desc="sampling", leave=False):
+        y = stepper.step(y, model(y, float(stepper.times[i]), first_step + i), generator)
+    return y
 
 
 class Stepper:
@@ -273,12 +258,8 @@ class Stepper:
 
     def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
                  normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
-        cast = lambda a: None if a is None else process.blocks(a, like)
-        self.A, self.S, self.E, self.Q = (cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q))
-        # h = u + Q ε when P is the identity (the data form): one multiply-add
-        self.P = None if rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape)) \
-            else cast(rec.P)
-        self.C = cast(rec.C if rec.corrector is None else _fold_corrector(rec))
+        self.A, self.S, self.E, self.Q, self.P, self.C = _on_device(process, rec, like)
+        self.times = rec.times
         self.normal = normal
         self.steps, self.index = rec.steps, 0
         self.history: list[torch.Tensor] = []
@@ -296,6 +277,20 @@ class Stepper:
         noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
         self.index = i + 1
         return _step(self.A[i], self.C[i], y, self.history, noise)
+
+
+def _on_device(process: LinearProcess, rec: Recursion, like: torch.Tensor) -> tuple:
+    """(A, S, eps_map, Q, P, C with the corrector folded in) in like's dtype and on its device, made once per plan
+    and kept on it: a run of many batches copies its coefficients to the accelerator once, not per batch or step."""
+    cache = rec.__dict__.setdefault("_on_device", {})
+    key = (like.dtype, like.device)
+    if key not in cache:
+        cast = lambda a: None if a is None else process.blocks(a, like)
+        # h = u + Q ε when P is the identity (the data form): one multiply-add
+        identity_p = rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape))
+        cache[key] = (*(cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q)), None if identity_p else cast(rec.P),
+                      cast(rec.C if rec.corrector is None else _fold_corrector(rec)))
+    return cache[key]
 
 
 def _fold_corrector(rec: Recursion) -> np.ndarray:
@@ -321,7 +316,8 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
            order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
            generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
-           **options) -> torch.Tensor:
+           model_kwargs: dict | None = None, callback: Callback | None = None, compile: bool | str = False,
+           autocast: str | None = None, **options) -> torch.Tensor:
     """Sample from u_T with `nfe` network calls; returns data x (B, C, H, W), or the whole state.
 
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
@@ -335,14 +331,18 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     FAST_DEFAULTS (data prediction, the corrector, lower order at the end), chosen by measurement. Naming an
     order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=3,
     prediction="data", corrector=True is the default spelled out).
+    The model: model_kwargs (conditioning) go to every call as eps_fn(u, t, **model_kwargs); callback(step, t,
+    state, data_prediction) follows every call; compile and autocast ("bf16", "fp16") run the model compiled or
+    in half precision while the state keeps u_T's dtype (see gddim.loop.ModelCall).
     """
     grid = resolve_grid(process, grid, nfe)
+    call = ModelCall(model_kwargs or {}, callback, compile, autocast)
     if method == "sscs":
         check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
-        u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress)
+        u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress, call)
     else:
         rec = plan(process, nfe, method, order, lam, parameterization, grid, t_start, t_end, denoise, **options)
-        u = run_recursion(process, eps_fn, u_T, rec, generator, progress)
+        u = run_recursion(process, eps_fn, u_T, rec, generator, progress, call)
     return u if return_state else process.state_to_data(u)
 
 
@@ -360,31 +360,43 @@ def _sscs_half_step(process: CLD, b: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadratic", t_start=None, t_end=None,
-         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         generator: torch.Generator | None = None, progress: bool = False, call: ModelCall = ModelCall()) -> torch.Tensor:
     """Symmetric splitting CLD sampler (MATH §5.2): A(h/2) S(h) A(h/2) per step, then the denoising step."""
     process.check_state(u_T, "u_T")
     n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
-    model = _Model(process, eps_fn)
+    mids, split = 0.5 * (ts[:-1] + ts[1:]), _SplitCoefficients(process, ts, u_T)
+    denoise = Stepper(process, coefficients.denoising_step(process, ts[-1]), u_T)
+    model = CheckedModel(process, eps_fn, call)
     y = process.to_basis(u_T)
-    for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
-        t, s = ts[i], ts[i + 1]
-        mid = 0.5 * (t + s)
-        y = _sscs_linear(process, y, t, mid, generator)
-        # score part: dv = 2Γβ [s_v + M⁻¹ v] dτ' with s = -R⁻ᵀ ε, over the whole step
-        eps = model(y, mid, i)
-        score_v = -blocks.apply(process.blocks(blocks.transpose(np.linalg.inv(process.R(mid)[0])), y), eps)[:, 1]
-        dv = 2 * process.Gamma * process.beta(mid)[0] * (t - s) * (score_v + process.m_inv * y[:, 1])
-        y = torch.stack([y[:, 0], y[:, 1] + dv], dim=1)
-        y = _sscs_linear(process, y, mid, s, generator)
-    u = process.from_basis(y)
-    return run_recursion(process, eps_fn, u, coefficients.denoising_step(process, ts[-1]))
+    with model.at_times(np.append(mids, denoise.times), u_T):
+        for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
+            y = split.linear(y, 2 * i, generator)
+            # score part: dv = 2Γβ [s_v + M⁻¹ v] dτ' with s = -R⁻ᵀ ε, over the whole step
+            score_v = -blocks.apply(split.score[i], model(y, float(mids[i]), i))[:, 1]
+            y = torch.stack([y[:, 0], y[:, 1] + split.kick[i] * (score_v + process.m_inv * y[:, 1])], dim=1)
+            y = split.linear(y, 2 * i + 1, generator)
+        y = run_steps(y, model, denoise, generator, first_step=n_steps)
+    model.report()
+    return process.from_basis(y)
 
 
-def _sscs_linear(process: CLD, y: torch.Tensor, t: float, s: float, generator) -> torch.Tensor:
-    mean, cov = _sscs_half_step(process, float(process.B(t)[0] - process.B(s)[0]))
-    y = blocks.apply(process.blocks(mean[None], y), y)
-    return y + blocks.apply(process.blocks(blocks.psd_sqrt(cov[None]), y), standard_normal(y, generator))
+class _SplitCoefficients:
+    """SSCS's per-step maps on the state's device, made before the loop: the half steps' mean maps and noise roots
+    (half step 2i before step i's model call, 2i+1 after it), the score map -R⁻ᵀ and the kick 2Γβ(t - s)."""
+
+    def __init__(self, process: CLD, ts: np.ndarray, like: torch.Tensor):
+        mids = 0.5 * (ts[:-1] + ts[1:])
+        ends = np.stack([ts[:-1], mids, mids, ts[1:]], axis=1).reshape(-1, 2)  # (2n, 2): each half step's (t, s)
+        halves = [_sscs_half_step(process, float(process.B(t)[0] - process.B(s)[0])) for t, s in ends]
+        self.mean = process.blocks(np.stack([mean[None] for mean, _ in halves]), like)
+        self.root = process.blocks(np.stack([blocks.psd_sqrt(cov[None]) for _, cov in halves]), like)
+        self.score = process.blocks(blocks.transpose(np.linalg.inv(process.R(mids))), like)
+        self.kick = (2 * process.Gamma * process.beta(mids) * (ts[:-1] - ts[1:])).tolist()
+
+    def linear(self, y: torch.Tensor, half: int, generator) -> torch.Tensor:
+        y = blocks.apply(self.mean[half], y)
+        return y + blocks.apply(self.root[half], standard_normal(y, generator))
 
 
 def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_start: float | None = None,
