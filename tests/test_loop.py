@@ -3,10 +3,14 @@ it naming the first bad step, coefficients on the device once per plan, compile 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import gddim
+from gddim import evaluation
+from gddim.cli import main
 from gddim.errors import SettingsError
 from gddim.grids import steps_for_nfe, time_grid
 from gddim.networks import EpsModel, preset
@@ -150,3 +154,21 @@ def test_bad_model_options_are_refused(kwargs, message):
     process = ref.build("vp-linear")
     with pytest.raises(SettingsError, match=message):
         gddim.sample(process, lambda u, t: u, prior(process), nfe=5, **kwargs)
+
+
+def test_command_line_passes_compile_and_autocast(cld_run, tmp_path, monkeypatch, one_thread):
+    """`gddim sample --autocast bf16` samples in half precision; --compile and --autocast reach gddim.sample from
+    `gddim evaluate`, whose metrics.json keeps them (a rerun with other options is another evaluation)."""
+    assert main(["sample", str(cld_run), "--nfe", "4", "--n", "4", "--autocast", "bf16", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s.npz").is_file()
+    seen = []
+    real_sampler = evaluation.sample_images
+    def recording(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("compile", "autocast")})
+        return real_sampler(*args, **{**kwargs, "compile": False})  # the options reached it; no C++ build here
+    monkeypatch.setattr(evaluation, "sample_images", recording)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(cld_run), "--samplers", "gddim:q=1", "--nfe", "4", "--n", "8", "--compile",
+                 "--autocast", "fp16", "--out", str(out)]) == 0
+    assert seen == [{"compile": True, "autocast": "fp16"}]
+    assert json.loads((out / "metrics.json").read_text())["model_options"] == {"compile": True, "autocast": "fp16"}

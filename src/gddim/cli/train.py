@@ -156,6 +156,16 @@ def _form(args) -> dict:
     return {} if args.pred is None else {"prediction": args.pred}
 
 
+def _model_options(p) -> None:
+    p.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), help="run the network in half precision (the state stays float32)")
+
+
+def _model_call(args) -> dict:
+    """gddim.sample's compile and autocast, as far as the flags set them."""
+    return {**({"compile": True} if args.compile else {}), **({"autocast": args.autocast} if args.autocast else {})}
+
+
 def _grid_option(p) -> None:
     p.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, logsnr, tuned (shipped, "
                    "tuned on exact scores) or a grid file from `gddim tune-grid` (tuned for this model and NFE)")
@@ -166,6 +176,7 @@ def _sample_parser(subparsers) -> None:
     p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     _sampler_options(p)
     _grid_option(p)
+    _model_options(p)
     p.add_argument("--nfe", type=positive, default=50)
     p.add_argument("--n", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
@@ -189,11 +200,11 @@ def _run_sample(args) -> int:
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device, grid=args.grid, **_form(args))
+                               args.seed, args.batch, args.device, grid=args.grid, **_form(args), **_model_call(args))
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
                                         args.param, args.seed, args.batch, args.device, grid=args.grid,
-                                        **_form(args))
+                                        **_form(args), **_model_call(args))
     save_grid(images[:256], grid)
     save_npz(images, npz)
     print(f"{len(images)} samples: grid {grid}, arrays {npz}")
@@ -211,6 +222,7 @@ def _evaluate_parser(subparsers) -> None:
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
+    _model_options(p)
     p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
@@ -229,7 +241,7 @@ def _run_evaluate(args) -> int:
     try:
         result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
                           out_dir=args.out, inception=args.inception, device=args.device, progress=True,
-                          data=args.data and data_source(args.data), grid=args.grid)
+                          data=args.data and data_source(args.data), grid=args.grid, model_options=_model_call(args))
     except KeyboardInterrupt:
         print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
               "Run the same command again to compute the rest", file=sys.stderr)
