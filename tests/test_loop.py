@@ -14,7 +14,8 @@ from gddim.cli import main
 from gddim.errors import SettingsError
 from gddim.grids import steps_for_nfe, time_grid
 from gddim.networks import EpsModel, preset
-from gddim.sampling import SamplerError, Stepper
+from gddim.loop import Stepper
+from gddim.sampling import SamplerError, standard_normal
 
 import reference as ref
 
@@ -99,9 +100,9 @@ def test_coefficients_reach_the_device_once_per_plan():
     process = ref.build("cld")
     rec = gddim.plan(process, 10)
     like = torch.zeros(2, 2, 1, 1)
-    first, second = Stepper(process, rec, like), Stepper(process, rec, like)
+    first, second = Stepper(process, rec, like, standard_normal), Stepper(process, rec, like, standard_normal)
     assert first.A is second.A and first.C is second.C and first.Q is second.Q
-    assert Stepper(process, rec, like.double()).A.dtype == torch.float64
+    assert Stepper(process, rec, like.double(), standard_normal).A.dtype == torch.float64
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

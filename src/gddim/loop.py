@@ -1,5 +1,5 @@
-"""How the sampling loop calls the ε-model: conditioning, a per-step callback, compile, autocast, and checks
-that never make the host wait for the device.
+"""The sampling loop: how it calls the ε-model (conditioning, a per-step callback, compile, autocast, checks that
+never make the host wait for the device) and how it applies a recursion one model output at a time (Stepper).
 
 An ε-model is any callable eps_fn(u, t, **model_kwargs) -> ε with u a state (B, k*C, H, W) in pixel layout and
 t a tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u. Its shape is checked at
@@ -17,8 +17,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import blocks
+from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .processes import LinearProcess
 
@@ -121,3 +123,79 @@ def data_prediction(process: LinearProcess, y: torch.Tensor, eps: torch.Tensor, 
     denoised = y - blocks.apply(process.blocks(process.R(t)[0], y), eps)
     x_hat = blocks.apply(process.blocks(np.linalg.inv(process.mean_coef(t)[0]), y), denoised)
     return process.state_to_data(process.from_basis(x_hat))
+
+
+def run_steps(y: torch.Tensor, model: CheckedModel, stepper: Stepper, generator: torch.Generator | None = None,
+              progress: bool = False, first_step: int = 0) -> torch.Tensor:
+    """The stepper's remaining steps from the basis state y, the model's steps numbered from first_step."""
+    for i in tqdm(range(stepper.index, stepper.steps), disable=not progress, desc="sampling", leave=False):
+        y = stepper.step(y, model(y, float(stepper.times[i]), first_step + i), generator)
+    return y
+
+
+class Stepper:
+    """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
+
+    It holds the coefficients cast to the state's dtype and device and the history h. The corrector redoes
+    step i-1 once the model output at its predicted end is known; the redone step differs from the predicted
+    one (same start, same noise z) only in its history terms, y_i ← y_i + Σ_j D_ij h_j with
+    D_i = corrector_i - C_i shifted by one, and step i then applies A_i to it: the two fold into step i's
+    history coefficients, C_ij + A_i D_(i-1)j, built once in float64. The history keeps the output at the
+    predicted state. States and outputs are in the basis layout (B, k, C, H, W). normal(like, generator) draws
+    the noise of the stochastic steps.
+    """
+
+    def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
+                 normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]):
+        self.A, self.S, self.E, self.Q, self.P, self.C = _on_device(process, rec, like)
+        self.times = rec.times
+        self.normal = normal
+        self.steps, self.index = rec.steps, 0
+        self.history: list[torch.Tensor] = []
+
+    def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The state after step `index`, given the state y the step starts from and the model output there."""
+        i = self.index
+        if i >= self.steps:
+            raise IndexError(f"all {self.steps} steps of this recursion are done")
+        if self.E is not None:
+            eps = blocks.apply(self.E[i], eps)
+        if self.Q is not None:
+            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
+        self.history = [eps] + self.history[: self.C.shape[1] - 1]
+        noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
+        self.index = i + 1
+        return _step(self.A[i], self.C[i], y, self.history, noise)
+
+
+def _on_device(process: LinearProcess, rec: Recursion, like: torch.Tensor) -> tuple:
+    """(A, S, eps_map, Q, P, C with the corrector folded in) in like's dtype and on its device, made once per plan
+    and kept on it: a run of many batches copies its coefficients to the accelerator once, not per batch or step."""
+    cache = rec.__dict__.setdefault("_on_device", {})
+    key = (like.dtype, like.device)
+    if key not in cache:
+        cast = lambda a: None if a is None else process.blocks(a, like)
+        # h = u + Q ε when P is the identity (the data form): one multiply-add
+        identity_p = rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape))
+        cache[key] = (*(cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q)), None if identity_p else cast(rec.P),
+                      cast(rec.C if rec.corrector is None else _fold_corrector(rec)))
+    return cache[key]
+
+
+def _fold_corrector(rec: Recursion) -> np.ndarray:
+    """Each step's history coefficients with the previous step's correction folded in (see Stepper)."""
+    assert rec.corrector.shape[1] >= rec.C.shape[1] + 1, "a corrector row holds the new output and every predictor term"
+    predictor = np.zeros_like(rec.corrector)
+    predictor[:, 1 : rec.C.shape[1] + 1] = rec.C
+    merged = np.zeros_like(rec.corrector)
+    merged[:, : rec.C.shape[1]] = rec.C
+    merged[1:] += rec.A[1:, None] @ (rec.corrector - predictor)[:-1]
+    return merged
+
+
+def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
+    """A y + Σ_j C_j h_j (+ the step's noise)."""
+    out = blocks.apply(A, y)
+    for c, past in zip(C, history):
+        out = blocks.add_applied(out, c, past)
+    return out if noise is None else out + noise

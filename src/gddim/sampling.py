@@ -8,7 +8,6 @@ loop calls it).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from . import blocks, coefficients, multistep
 from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
-from .loop import Callback, CheckedModel, EpsFn, ModelCall, host_model
+from .loop import Callback, CheckedModel, EpsFn, ModelCall, Stepper, host_model, run_steps
 from .processes import CLD, LinearProcess
 
 METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
@@ -232,84 +231,9 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
     process.check_state(u, "u_T")
     model = CheckedModel(process, eps_fn, call)
     with model.at_times(rec.times, u):
-        y = run_steps(process.to_basis(u), model, Stepper(process, rec, u), generator, progress)
+        y = run_steps(process.to_basis(u), model, Stepper(process, rec, u, standard_normal), generator, progress)
     model.report()
     return process.from_basis(y)
-
-
-def run_steps(y: torch.Tensor, model: CheckedModel, stepper: Stepper, generator: torch.Generator | None = None,
-              progress: bool = False, first_step: int = 0) -> torch.Tensor:
-    """The stepper's remaining steps from the basis state y, the model's steps numbered from first_step."""
-    for i in tqdm(range(stepper.index, stepper.steps), disable=not progress, desc="sampling", leave=False):
-        y = stepper.step(y, model(y, float(stepper.times[i]), first_step + i), generator)
-    return y
-
-
-class Stepper:
-    """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
-
-    It holds the coefficients cast to the state's dtype and device and the history h. The corrector redoes
-    step i-1 once the model output at its predicted end is known; the redone step differs from the predicted
-    one (same start, same noise z) only in its history terms, y_i ← y_i + Σ_j D_ij h_j with
-    D_i = corrector_i - C_i shifted by one, and step i then applies A_i to it: the two fold into step i's
-    history coefficients, C_ij + A_i D_(i-1)j, built once in float64. The history keeps the output at the
-    predicted state. States and outputs are in the basis layout (B, k, C, H, W).
-    """
-
-    def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
-                 normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
-        self.A, self.S, self.E, self.Q, self.P, self.C = _on_device(process, rec, like)
-        self.times = rec.times
-        self.normal = normal
-        self.steps, self.index = rec.steps, 0
-        self.history: list[torch.Tensor] = []
-
-    def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The state after step `index`, given the state y the step starts from and the model output there."""
-        i = self.index
-        if i >= self.steps:
-            raise IndexError(f"all {self.steps} steps of this recursion are done")
-        if self.E is not None:
-            eps = blocks.apply(self.E[i], eps)
-        if self.Q is not None:
-            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
-        self.history = [eps] + self.history[: self.C.shape[1] - 1]
-        noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
-        self.index = i + 1
-        return _step(self.A[i], self.C[i], y, self.history, noise)
-
-
-def _on_device(process: LinearProcess, rec: Recursion, like: torch.Tensor) -> tuple:
-    """(A, S, eps_map, Q, P, C with the corrector folded in) in like's dtype and on its device, made once per plan
-    and kept on it: a run of many batches copies its coefficients to the accelerator once, not per batch or step."""
-    cache = rec.__dict__.setdefault("_on_device", {})
-    key = (like.dtype, like.device)
-    if key not in cache:
-        cast = lambda a: None if a is None else process.blocks(a, like)
-        # h = u + Q ε when P is the identity (the data form): one multiply-add
-        identity_p = rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape))
-        cache[key] = (*(cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q)), None if identity_p else cast(rec.P),
-                      cast(rec.C if rec.corrector is None else _fold_corrector(rec)))
-    return cache[key]
-
-
-def _fold_corrector(rec: Recursion) -> np.ndarray:
-    """Each step's history coefficients with the previous step's correction folded in (see Stepper)."""
-    assert rec.corrector.shape[1] >= rec.C.shape[1] + 1, "a corrector row holds the new output and every predictor term"
-    predictor = np.zeros_like(rec.corrector)
-    predictor[:, 1 : rec.C.shape[1] + 1] = rec.C
-    merged = np.zeros_like(rec.corrector)
-    merged[:, : rec.C.shape[1]] = rec.C
-    merged[1:] += rec.A[1:, None] @ (rec.corrector - predictor)[:-1]
-    return merged
-
-
-def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
-    """A y + Σ_j C_j h_j (+ the step's noise)."""
-    out = blocks.apply(A, y)
-    for c, past in zip(C, history):
-        out = blocks.add_applied(out, c, past)
-    return out if noise is None else out + noise
 
 
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
@@ -366,7 +290,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadrat
     n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     mids, split = 0.5 * (ts[:-1] + ts[1:]), _SplitCoefficients(process, ts, u_T)
-    denoise = Stepper(process, coefficients.denoising_step(process, ts[-1]), u_T)
+    denoise = Stepper(process, coefficients.denoising_step(process, ts[-1]), u_T, standard_normal)
     model = CheckedModel(process, eps_fn, call)
     y = process.to_basis(u_T)
     with model.at_times(np.append(mids, denoise.times), u_T):
