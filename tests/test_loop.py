@@ -78,10 +78,8 @@ def test_gaussian_skip_table_equals_its_host_computation(one_thread):
         assert model.gain_table is None
 
 
-@pytest.mark.parametrize("method,options", METHODS, ids=str)
-def test_nan_is_reported_after_the_loop_naming_its_first_step(method, options):
-    """NaN from the 4th call (step 3) on: the loop runs to its end (no host read stops it) and the error names
-    step 3 and its model time."""
+def broken_cld_model():
+    """CLD with a Dirac point's exact ε that turns NaN from its 4th call (step 3) on, recording its call times."""
     process = ref.build("cld")
     point = torch.linspace(-0.5, 0.5, 4, dtype=torch.float64).reshape(1, 2, 2)
     exact = gddim.dirac_eps(process, point)
@@ -90,10 +88,26 @@ def test_nan_is_reported_after_the_loop_naming_its_first_step(method, options):
         return exact(u, t) * (float("nan") if len(broken.times) >= 4 else 1.0)
     broken.times = []
     u_T = process.prior_sample((2, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return process, broken, u_T
+
+
+@pytest.mark.parametrize("method,options", METHODS, ids=str)
+def test_nan_is_reported_after_the_loop_naming_its_first_step(method, options):
+    """The loop runs to its end (no host read stops it) and the error names step 3 and its model time."""
+    process, broken, u_T = broken_cld_model()
     with pytest.raises(SamplerError, match=r"NaN or inf at step 3 \(t=(\S+)\)") as raised:
         gddim.sample(process, broken, u_T, nfe=8, method=method, generator=torch.Generator().manual_seed(0), **options)
     assert len(broken.times) == 8
     assert f"(t={broken.times[3]:.6g})" in str(raised.value)
+
+
+@pytest.mark.parametrize("every,calls", [(1, 4), (2, 4), (3, 6)])
+def test_check_every_k_calls_stops_a_bad_run_early(every, calls):
+    """With check_every=k the outputs are read after every k-th call: the run stops at the first read after step 3."""
+    process, broken, u_T = broken_cld_model()
+    with pytest.raises(SamplerError, match=r"NaN or inf at step 3 "):
+        gddim.sample(process, broken, u_T, nfe=8, check_every=every)
+    assert len(broken.times) == calls
 
 
 def test_coefficients_reach_the_device_once_per_plan():
@@ -150,7 +164,8 @@ def test_compile_with_inductor_gives_the_same_samples(one_thread):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(autocast="fp8"), "autocast must be None or one of"), (dict(compile=1), "compile must be True, False"),
-    (dict(model_kwargs=[1]), "model_kwargs must be a dict"), (dict(callback=3), "callback must be callable")])
+    (dict(model_kwargs=[1]), "model_kwargs must be a dict"), (dict(callback=3), "callback must be callable"),
+    (dict(check_every=-1), "check_every must be a whole number")])
 def test_bad_model_options_are_refused(kwargs, message):
     process = ref.build("vp-linear")
     with pytest.raises(SettingsError, match=message):

@@ -39,12 +39,15 @@ class ModelCall:
         part of Ψ(t,0)⁻¹(u − R_t ε), for CLD the posterior mean of x_0).
     compile: torch.compile the model (True: torch's default backend; a string: that backend).
     autocast: None, "bf16" or "fp16": the model runs under torch.autocast, the sampler's state keeps its dtype.
+    check_every: read the model outputs' finiteness every this many calls, stopping a run that went bad early
+        (one host sync each time); 0: once, after the loop.
     """
 
     model_kwargs: dict = field(default_factory=dict)
     callback: Callback | None = None
     compile: bool | str = False
     autocast: str | None = None
+    check_every: int = 0
 
     def __post_init__(self):
         if not isinstance(self.model_kwargs, dict):
@@ -55,17 +58,16 @@ class ModelCall:
             raise SettingsError(f"compile must be True, False or a torch.compile backend name, got {self.compile!r}")
         if self.autocast is not None and self.autocast not in AUTOCAST:
             raise SettingsError(f"autocast must be None or one of {sorted(AUTOCAST)}, got {self.autocast!r}")
+        if not (isinstance(self.check_every, int) and self.check_every >= 0):
+            raise SettingsError(f"check_every must be a whole number of model calls >= 0, got {self.check_every!r}")
 
 
 class CheckedModel:
-    """Calls eps_fn on basis states (B, k, C, H, W) and returns ε in the basis, in the state's dtype.
+    """Calls eps_fn on basis states (B, k, C, H, W) and returns ε in the basis, in the state's dtype; finiteness is
+    recorded on the device and raised by report(), which the loop calls at its end (and every call.check_every)."""
 
-    deferred: record finiteness on the device and raise in report() (the loop); else check at every call
-    (the float64 host side of scipy's solver, where a NaN must stop the solver at once).
-    """
-
-    def __init__(self, process: LinearProcess, eps_fn: EpsFn, call: ModelCall = ModelCall(), deferred: bool = True):
-        self.process, self.call, self.deferred = process, call, deferred
+    def __init__(self, process: LinearProcess, eps_fn: EpsFn, call: ModelCall = ModelCall()):
+        self.process, self.call = process, call
         self.model = eps_fn
         self.eps_fn = eps_fn if call.compile is False else \
             torch.compile(eps_fn, **({} if call.compile is True else {"backend": call.compile}))
@@ -84,7 +86,7 @@ class CheckedModel:
             raise SamplerError(f"eps_fn returned {got} at step {step} (t={t:.6g}); expected {tuple(u.shape)}")
         eps = eps.to(u.dtype)
         self.pending.append((torch.isfinite(eps).all(), step, t))
-        if not self.deferred:
+        if self.call.check_every and len(self.pending) >= self.call.check_every:
             self.report()
         eps = self.process.to_basis(eps)
         if self.call.callback is not None:
@@ -114,8 +116,9 @@ def at_times(model: EpsFn, times: np.ndarray, like: torch.Tensor):
 
 def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> CheckedModel:
     """The checked model for float64 states on the CPU (scipy's side), evaluated on the model's device."""
+    # checked at every call: a NaN must stop scipy's solver at once
     return CheckedModel(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64),
-                        deferred=False)
+                        ModelCall(check_every=1))
 
 
 def data_prediction(process: LinearProcess, y: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:

@@ -241,7 +241,7 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
            generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
            model_kwargs: dict | None = None, callback: Callback | None = None, compile: bool | str = False,
-           autocast: str | None = None, **options) -> torch.Tensor:
+           autocast: str | None = None, check_every: int = 0, **options) -> torch.Tensor:
     """Sample from u_T with `nfe` network calls; returns data x (B, C, H, W), or the whole state.
 
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
@@ -257,10 +257,11 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     prediction="data", corrector=True is the default spelled out).
     The model: model_kwargs (conditioning) go to every call as eps_fn(u, t, **model_kwargs); callback(step, t,
     state, data_prediction) follows every call; compile and autocast ("bf16", "fp16") run the model compiled or
-    in half precision while the state keeps u_T's dtype (see gddim.loop.ModelCall).
+    in half precision while the state keeps u_T's dtype; NaN or inf from the model is reported after the loop, or
+    every check_every calls (see gddim.loop.ModelCall).
     """
     grid = resolve_grid(process, grid, nfe)
-    call = ModelCall(model_kwargs or {}, callback, compile, autocast)
+    call = ModelCall(model_kwargs or {}, callback, compile, autocast, check_every)
     if method == "sscs":
         check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
         u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress, call)
