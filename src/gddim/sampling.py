@@ -20,8 +20,8 @@ from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
 from .loop import Callback, CheckedModel, EpsFn, ModelCall, Stepper, host_model, run_steps
 from .processes import CLD, LinearProcess
+from .spec import METHODS
 
-METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
 
