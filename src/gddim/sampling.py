@@ -1,4 +1,4 @@
-"""The sampler loop, `sample()` and the float64 reference solution of the probability-flow ODE.
+"""`sample()`, its settings and plans, SSCS, and the float64 reference solution of the probability-flow ODE.
 
 An ε-model is any callable eps_fn(u, t, **model_kwargs) -> ε with u a state (B, k*C, H, W) in pixel layout and
 t a tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u (gddim.loop: how the
@@ -226,8 +226,8 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
                   call: ModelCall = ModelCall()) -> torch.Tensor:
     """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
 
-    The loop never waits for the device: a NaN or inf from the model is found there and reported after the loop
-    (SamplerError naming the first bad step)."""
+    The loop never waits for the device: a NaN or inf from the model is found there and reported after the loop,
+    or every call.check_every calls (SamplerError naming the first bad step)."""
     process.check_state(u, "u_T")
     model = CheckedModel(process, eps_fn, call)
     with model.at_times(rec.times, u):
