@@ -79,6 +79,7 @@ SMOKE = {
     "python benchmarks/trained_models.py --throughput":
         Smoke(("--steps", "11", "--batch", "4", "--repeats", "1", "--out", "benchmarks/trained_digits"), slow=True),
     "OMP_NUM_THREADS=1 python benchmarks/numerics.py --out benchmarks/numerics": Smoke(("--quick",)),
+    "OMP_NUM_THREADS=1 python benchmarks/loop_overhead.py --out benchmarks/loop_overhead.json": Smoke(("--quick",)),
     **{loop: Smoke(TRAINED_SMOKE + FASHION_OUT, needs="fashion-mnist", slow=True) for loop in (
         "for p in vp cld bdm; do python benchmarks/trained_models.py --dataset fashion-mnist --image-size 16 "
         "--preset small --batch 128 --lr 5e-4 --ema 0.9995 --steps 8000 --device cuda --processes $p --stages train "

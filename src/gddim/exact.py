@@ -1,4 +1,4 @@
-"""Exact ε-models: finite data sets (BENCHMARKS §1), a single point (Dirac) and Gaussian data.
+"""Exact ε-models: finite data sets (BENCHMARKS §1), a single point (Dirac), Gaussian data, and one of them per class.
 
 For data {x_i}, p_t(u) = (1/N) Σ_i N(u; m_i(t), Σ_t) with m_i(t) = mean_coef(t) u0_i. In whitened
 coordinates w = K_t⁻¹ u and μ_i = K_t⁻¹ m_i the posterior weights are softmax_i(w·μ_i - ½|μ_i|²) and
@@ -8,13 +8,15 @@ log-sum-exp so that memory stays bounded for large N.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 from . import blocks
 from .errors import SettingsError
 from .processes import LinearProcess
-from .sampling import EpsFn
+from .loop import EpsFn
 
 
 def _single_time(t: torch.Tensor) -> float:
@@ -81,6 +83,20 @@ def gaussian_eps(process: LinearProcess, variance: float, parameterization: str 
         gain = gaussian_gain(process, tt, data_cov, parameterization)
         y = process.to_basis(u.to(torch.float64))
         return process.from_basis(blocks.apply(process.blocks(gain, y), y)).to(u.dtype)
+
+    return eps_fn
+
+
+def class_conditional_eps(per_class: Sequence[EpsFn], null: EpsFn | None = None) -> EpsFn:
+    """eps_fn(u, t, cond): sample b gets the ε of class cond[b] (per_class[cond[b]]), and the label len(per_class),
+    the null condition, gets `null` (e.g. the exact ε of all classes' data together). Chosen per sample on the
+    device: every class's ε is computed for the whole batch."""
+    models = list(per_class) + ([] if null is None else [null])
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        outputs = torch.stack([model(u, t) for model in models])
+        labels = torch.as_tensor(cond, device=u.device)
+        return outputs[labels, torch.arange(len(u), device=u.device)]
 
     return eps_fn
 

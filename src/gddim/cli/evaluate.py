@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from ..spec import SPEC_FORM
-from .options import (data_source, device, grid_option, integer, non_empty, non_negative, nfe_list, positive,
-                      sampler_list)
+from .options import (data_source, device, grid_option, integer, model_call, model_options, non_empty, non_negative,
+                      nfe_list, positive, sampler_list)
 
 
 def register(subparsers) -> None:
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     grid_option(p)
+    model_options(p)
     p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
@@ -36,7 +37,7 @@ def run(args) -> int:
     try:
         result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
                           out_dir=args.out, inception=args.inception, device=args.device, progress=True,
-                          data=args.data and data_source(args.data), grid=args.grid)
+                          data=args.data and data_source(args.data), grid=args.grid, model_options=model_call(args))
     except KeyboardInterrupt:
         print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
               "Run the same command again to compute the rest", file=sys.stderr)

@@ -154,3 +154,14 @@ def data_source(source: str) -> str:
         return source
     prefix = "cifar10:" if source.startswith("cifar10:") else ""
     return prefix + str(Path(source[len(prefix):]).expanduser().resolve())
+
+
+def model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    parser.add_argument("--autocast", choices=("bf16", "fp16"),
+                        help="run the network in half precision (the state stays float32)")
+
+
+def model_call(args) -> dict:
+    """gddim.sample's compile and autocast, as far as the flags set them."""
+    return {**({"compile": True} if args.compile else {}), **({"autocast": args.autocast} if args.autocast else {})}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import OutputExistsError
 from ..spec import METHODS
-from .options import device, grid_option, non_empty, non_negative, order, output_prefix, positive, unit_interval
+from .options import (device, grid_option, model_call, model_options, non_empty, non_negative, order, output_prefix,
+                      positive, unit_interval)
 
 
 def _sampler_options(p) -> None:
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     _sampler_options(p)
     grid_option(p)
+    model_options(p)
     p.add_argument("--nfe", type=positive, default=50)
     p.add_argument("--n", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
@@ -51,11 +53,11 @@ def run(args) -> int:
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
         images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device, grid=args.grid, **_form(args))
+                               args.seed, args.batch, args.device, grid=args.grid, **_form(args), **model_call(args))
     else:
         images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
                                         args.param, args.seed, args.batch, args.device, grid=args.grid,
-                                        **_form(args))
+                                        **_form(args), **model_call(args))
     save_grid(images[:256], grid)
     save_npz(images, npz)
     print(f"{len(images)} samples: grid {grid}, arrays {npz}")
