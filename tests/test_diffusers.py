@@ -11,20 +11,30 @@ import pytest
 import torch
 
 import gddim
+import gddim.exact
 from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_alpha_bar
 from gddim.errors import CheckpointError
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
+PAPER = {"predict_x0": False, "use_corrector": False, "lower_order_final": False}  # the paper's gDDIM, ε form
+
+
+def paper(**options) -> dict:
+    """Scheduler options of the paper's sampler (the ε form, no corrector) that the given options extend."""
+    return {**PAPER, **options}
+
+
 # every sampler variant by its scheduler options; the first four are the orders of the ε form
 VARIANTS = [
-    {"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3}, {"solver_order": 4},
-    {"solver_order": 1, "predict_x0": True}, {"solver_order": 3, "predict_x0": True},
-    {"solver_order": 4, "algorithm_type": "dpmsolver++"},
-    {"solver_order": 2, "use_corrector": True}, {"solver_order": 3, "predict_x0": True, "use_corrector": True},
-    {"solver_order": 2, "predict_x0": True, "use_corrector": True, "disable_corrector": [0, 3]},
-    {"solver_order": 3, "interpolation": "sqrt_t"}, {"solver_order": 3, "predict_x0": True, "interpolation": "logsnr"},
-    {"solver_order": 3, "lower_order_final": True}, {"solver_order": 2, "predict_x0": True, "lam": 0.5},
-    {"solver_order": 1, "lam": 1.0}, {"solver_order": 2, "predict_x0": True, "lam": 0.3, "use_corrector": True},
+    paper(solver_order=1), paper(solver_order=2), paper(solver_order=3), paper(solver_order=4),
+    paper(solver_order=1, predict_x0=True), paper(solver_order=3, predict_x0=True),
+    {**paper(solver_order=4, algorithm_type="dpmsolver++"), "predict_x0": None},
+    paper(solver_order=2, use_corrector=True), paper(solver_order=3, predict_x0=True, use_corrector=True),
+    paper(solver_order=2, predict_x0=True, use_corrector=True, disable_corrector=[0, 3]),
+    paper(solver_order=3, interpolation="sqrt_t"), paper(solver_order=3, predict_x0=True, interpolation="logsnr"),
+    paper(solver_order=3, lower_order_final=True), paper(solver_order=2, predict_x0=True, lam=0.5),
+    paper(solver_order=1, lam=1.0), paper(solver_order=2, predict_x0=True, lam=0.3, use_corrector=True),
+    {},  # the default: gddim.sample's
 ]
 
 
@@ -70,7 +80,7 @@ def test_solver_order_1_is_ddim(spacing, steps, to_one, data):
 @pytest.mark.parametrize("spacing,steps", [("leading", 10), ("trailing", 20), ("linspace", 7)])
 def test_lam1_is_ddpm_posterior_step(spacing, steps):
     # the same generator draws the same noise: mean and variance must both agree for the loops to match
-    ours = GDDIMScheduler(timestep_spacing=spacing, lam=1.0)
+    ours = GDDIMScheduler(**paper(solver_order=1), timestep_spacing=spacing, lam=1.0)
     ddpm = diffusers.DDPMScheduler(timestep_spacing=spacing, clip_sample=False)
     ours.set_timesteps(steps)
     ddpm.set_timesteps(steps)
@@ -84,7 +94,7 @@ def test_lam1_is_ddpm_posterior_step(spacing, steps):
 def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
     # MATH §3.3: mean √(ᾱs/ᾱt) x + [Ψ̂ - Ψ] √(1-ᾱt) ε with Ψ̂ = √(ᾱs/ᾱt) ρ^((1+λ²)/2), variance (1-ᾱs)(1-ρ^λ²)
     lam, n = 0.5, 40000
-    sched = GDDIMScheduler(lam=lam)
+    sched = GDDIMScheduler(**paper(solver_order=1), lam=lam)
     sched.set_timesteps(4)
     t, s = (int(v) for v in sched.timesteps[1:3])
     at, as_ = (float(sched.alphas_cumprod[v]) for v in (t, s))
@@ -100,7 +110,7 @@ def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
 
 
 def test_v_prediction_equals_epsilon_with_the_converted_output():
-    eps_s, v_s = GDDIMScheduler(solver_order=3), GDDIMScheduler(solver_order=3, prediction_type="v_prediction")
+    eps_s, v_s = GDDIMScheduler(**paper(solver_order=3)), GDDIMScheduler(**paper(solver_order=3), prediction_type="v_prediction")
     eps_s.set_timesteps(12)
     v_s.set_timesteps(12)
     model = wobbly(eps_s)
@@ -118,8 +128,7 @@ def test_v_prediction_equals_epsilon_with_the_converted_output():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("options", [{"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3},
-                                     {"solver_order": 4}, *VARIANTS[4:]])
+@pytest.mark.parametrize("options", VARIANTS)
 @pytest.mark.parametrize("to_one", [True, False])
 def test_every_variant_is_exact_for_dirac_data(options, to_one):
     # ε is constant along the ODE for a single data point (MATH §1.5): every order and form lands on the
@@ -139,11 +148,13 @@ def test_every_variant_is_exact_for_dirac_data(options, to_one):
 
 
 def sample_options(options: dict) -> dict:
-    """The same sampler in gddim.sample's option names."""
-    data = options.get("predict_x0", options.get("algorithm_type") == "dpmsolver++")
-    return {"order": options.get("solver_order", 1) - 1, "lam": options.get("lam", 0.0),
-            "prediction": "data" if data else "eps", "corrector": options.get("use_corrector", False),
-            "interpolation": options.get("interpolation", "t"), "lower_order_final": options.get("lower_order_final", False)}
+    """The same sampler in gddim.sample's option names (no option: gddim.sample's default)."""
+    if not options:
+        return {}
+    data = options.get("predict_x0") or (options.get("predict_x0") is None and options.get("algorithm_type") == "dpmsolver++")
+    return {"order": options["solver_order"] - 1, "lam": options.get("lam", 0.0),
+            "prediction": "data" if data else "eps", "corrector": options["use_corrector"],
+            "interpolation": options.get("interpolation", "t"), "lower_order_final": options["lower_order_final"]}
 
 
 @pytest.mark.parametrize("options", [v for v in VARIANTS if "disable_corrector" not in v])
@@ -167,7 +178,7 @@ def test_every_variant_equals_gddim_sample(options):
 def test_disable_corrector_leaves_those_steps_uncorrected():
     # UniPC's list: the result of step k is not corrected; disabling every step is no corrector at all
     def run(**options):
-        sched = GDDIMScheduler(solver_order=2, predict_x0=True, **options)
+        sched = GDDIMScheduler(**{**paper(solver_order=2, predict_x0=True), **options})
         sched.set_timesteps(6)
         return loop(sched, torch.linspace(-2, 2, 7, dtype=torch.float64), wobbly_1d(sched))
 
@@ -272,9 +283,11 @@ def test_solver_order_4_switches_into_unipc():
 @pytest.mark.parametrize("peer,to_one", [(diffusers.DDIMScheduler(set_alpha_to_one=False), False),
                                          (diffusers.DDIMScheduler(), True), (diffusers.DDPMScheduler(), True)],
                          ids=["ddim-sigma_min", "ddim", "ddpm"])
-def test_ddim_and_ddpm_configs_load_as_ddim(peer, to_one):
+def test_ddim_and_ddpm_configs_load_as_the_default_with_their_landing(peer, to_one):
+    # DDIM and DDPM have no order to keep: switching to gDDIM gives its default sampler
     ours = GDDIMScheduler.from_config(peer.config)
-    assert ours.config.solver_order == 1 and ours.config.set_alpha_to_one is to_one
+    assert (ours.config.solver_order, ours.config.predict_x0, ours.config.use_corrector) == (4, True, True)
+    assert ours.config.set_alpha_to_one is to_one
     assert ours.config.final_sigmas_type == ("zero" if to_one else "sigma_min")
     run_steps(ours)
 
@@ -294,7 +307,7 @@ def test_dpm_solver_config_keeps_its_form_and_landing():
 def test_higher_order_converges_faster_on_gaussian_data():
     # the probability-flow ODE of Gaussian data scales x by std_end/std_start: an exact answer to converge to
     def error(order, steps):
-        sched = GDDIMScheduler(solver_order=order)
+        sched = GDDIMScheduler(**paper(solver_order=order))
         sched.set_timesteps(steps)
         x = torch.linspace(-2, 2, 5, dtype=torch.float64)
         a_t = float(sched.alphas_cumprod[sched.timesteps[0]])
@@ -346,8 +359,8 @@ def test_add_noise_and_velocity_match_ddpm():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"solver_order": 5}, "solver_order"), ({"solver_order": 0}, "solver_order"), ({"solver_order": 1.5}, "solver_order"),
-    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 2}, "predict_x0=True"),
-    ({"lam": 0.5, "use_corrector": True}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
+    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 2, "predict_x0": False}, "predict_x0=True"),
+    ({"lam": 0.5, "use_corrector": True, "predict_x0": False}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
     ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"), ({"final_sigmas_type": "sigma_max"}, "final_sigmas_type"),
     ({"set_alpha_to_one": "no"}, "set_alpha_to_one"), ({"interpolation": "log"}, "interpolation"),
     ({"use_corrector": 1}, "use_corrector"), ({"lower_order_final": None}, "lower_order_final"),
