@@ -63,7 +63,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     timestep_spacing, steps_offset; use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (σ schedules: the
         model hears the nearest timestep, the step uses the exact ᾱ); set_timesteps(timesteps=..., sigmas=...).
     clip_sample / clip_sample_range, thresholding / dynamic_thresholding_ratio / sample_max_value: limits on x̂_0,
-        applied as DDIM does (ε recomputed from the limited x̂_0) in either form.
+        applied as DPM-Solver++ does (DDIM with use_clipped_model_output=True: ε recomputed from the limited x̂_0).
     rescale_betas_zero_snr: ᾱ = 0 at the last training timestep; needs the data form and a v- or sample-predicting
         model (the first step then never divides by ᾱ).
     variance_type: "learned" or "learned_range" models' extra output channels are split off, as DDPM does.
@@ -232,7 +232,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         return model_output
 
     def _predictions(self, output: torch.Tensor, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x̂_0, ε) of step i, x̂_0 clipped or thresholded and ε recomputed from it as DDIM does; never divides by
+        """(x̂_0, ε) of step i, x̂_0 clipped or thresholded and ε recomputed from it; never divides by
         ᾱ unless the model predicts ε (a zero-SNR schedule refuses that)."""
         a, s = self._sqrt_ab[i], self._sqrt_1mab[i]
         kind = self.config.prediction_type
