@@ -105,6 +105,20 @@ def test_stable_diffusion_saves_loads_and_switches(sd_components, tmp_path):
         assert np.isfinite(generate(loaded)).all()
 
 
+def test_stable_diffusion_forwards_timesteps_and_sigmas(sd_components):
+    # pipelines hand set_timesteps a list of timesteps or of σ: the same levels give the same images
+    pipe = sd_pipeline(sd_components, GDDIMScheduler(**SD_SCHEDULE, timestep_spacing="linspace"))
+    want = generate(pipe)
+    levels, sigmas = pipe.scheduler.timesteps.tolist(), pipe.scheduler.sigmas[:-1].tolist()
+    pipe.scheduler = GDDIMScheduler.from_config(pipe.scheduler.config)
+    np.testing.assert_allclose(pipe("a tiny red square", timesteps=levels, guidance_scale=3.0, output_type="np",
+                                    height=16, width=16, generator=torch.Generator().manual_seed(0)).images,
+                               want, rtol=0, atol=0)
+    by_sigmas = pipe("a tiny red square", sigmas=sigmas, guidance_scale=3.0, output_type="np", height=16, width=16,
+                     generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_allclose(by_sigmas, want, rtol=0, atol=1e-5)  # σ in float32 moves the levels by ~1e-7
+
+
 def ddpm_images(scheduler, steps: int = 5) -> np.ndarray:
     pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)

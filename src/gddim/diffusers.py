@@ -109,7 +109,6 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self.sigmas = None
         self._recursion = self._stepper = None
         self._step_index = self._begin_index = None
 
@@ -119,6 +118,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod)
         self.alphas = self.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.betas = 1 - self.alphas
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt().float()  # the training σ until set_timesteps
         self.final_alpha_cumprod = 1.0 if self.config.set_alpha_to_one else float(alphas_cumprod[0])
 
     @classmethod
