@@ -26,7 +26,7 @@ def gaussian_model(scheduler, kind: str = "epsilon", wobble: float = 0.2):
     def model(x, t):
         ab = float(scheduler.alphas_cumprod[int(t)])
         a, s = ab**0.5, (1 - ab) ** 0.5
-        x0 = a * S2 * x / (ab * S2 + 1 - ab) + wobble * torch.tanh(w.to(x.dtype) * x + 1e-3 * float(t))
+        x0 = a * S2 * x / (ab * S2 + 1 - ab) + wobble * torch.tanh(w.to(x) * x + 1e-3 * float(t))
         eps = (x - a * x0) / s
         return eps if kind == "epsilon" else x0 if kind == "sample" else a * eps - s * x0
 

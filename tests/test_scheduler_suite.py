@@ -58,7 +58,7 @@ def model_for(scheduler, channels: int = 3):
     def model(x, t):
         ab = float(scheduler.alphas_cumprod[int(t)])
         a, s = ab**0.5, (1 - ab) ** 0.5
-        x0 = a * S2 * x / (ab * S2 + 1 - ab) + 0.1 * torch.tanh(w.to(x.dtype) * x + 1e-3 * float(t))
+        x0 = a * S2 * x / (ab * S2 + 1 - ab) + 0.1 * torch.tanh(w.to(x) * x + 1e-3 * float(t))
         eps = (x - a * x0) / s
         kind = scheduler.config.prediction_type
         out = eps if kind == "epsilon" else x0 if kind == "sample" else a * eps - s * x0
@@ -151,3 +151,24 @@ class TestCommon:
         got = (float(x.abs().mean()), *x[0, 0, 0, :2].tolist())
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, pinned, rtol=1e-9, atol=1e-12)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["default", "karras", "threshold", "zero-snr", "stochastic"])
+def test_steps_stay_on_the_device(device, name):
+    # timesteps, states and outputs live on the device; the float32 loop there is the float64 loop on the CPU
+    sched = GDDIMScheduler(**OPTION_SETS[name][0])
+    sched.set_timesteps(8, device=device)
+    assert sched.timesteps.device.type == device
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    want = full_loop(GDDIMScheduler(**OPTION_SETS[name][0]))
+    model, g = model_for(sched), torch.Generator().manual_seed(3)
+    x = x.to(device, torch.float32)
+    for t in sched.timesteps:
+        x = sched.step(model(x, t), t, x, generator=g).prev_sample
+        assert x.device.type == device and x.dtype == torch.float32
+    if not OPTION_SETS[name][0].get("lam"):  # float32 and float64 draw different noise
+        torch.testing.assert_close(x.cpu().double(), want, rtol=0, atol=5e-5)

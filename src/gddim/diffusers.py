@@ -2,7 +2,8 @@
 
 - `GDDIMScheduler`: a diffusers scheduler (SchedulerMixin, ConfigMixin) for models trained with diffusers'
   discrete DDPM schedules; every multistep variant of `gddim.sample` (solver_order 1..4, ε or data form,
-  corrector, interpolation, lower order at the end) and stochastic λ in [0, 1].
+  corrector, interpolation, lower order at the end) and stochastic λ in [0, 1], `gddim.sample`'s default when
+  no option is passed. Its levels come from gddim.noise_levels, its options are checked in gddim.scheduler_options.
 - `load_unet_eps`: a local `UNet2DModel` folder as a gddim ε-model eps_fn(u, t).
 
 Time convention (both directions). A discrete schedule of N training steps has ᾱ_n = Π_{i<=n} (1 - β_i) at
