@@ -61,7 +61,8 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second.
     final_sigmas_type: "zero" lands on ᾱ = 1, "sigma_min" on ᾱ_0; DDIM's set_alpha_to_one says the same
         and is read when final_sigmas_type is unset (final_sigmas_type decides when both are passed).
-    timestep_spacing, steps_offset; use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (σ schedules: the
+    timestep_spacing (DDIMScheduler's spacings; DPM-Solver's "linspace" and "leading" differ from them by a step),
+        steps_offset; use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (σ schedules: the
         model hears the nearest timestep, the step uses the exact ᾱ); set_timesteps(timesteps=..., sigmas=...).
     clip_sample / clip_sample_range, thresholding / dynamic_thresholding_ratio / sample_max_value: limits on x̂_0,
         applied as DPM-Solver++ does (DDIM with use_clipped_model_output=True: ε recomputed from the limited x̂_0).
