@@ -14,6 +14,7 @@ import gddim
 import gddim.exact
 from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_alpha_bar
 from gddim.errors import CheckpointError
+from gddim.noise_levels import ZERO_SNR_STAND_IN
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
 PAPER = {"predict_x0": False, "use_corrector": False, "lower_order_final": False}  # the paper's gDDIM, ε form
@@ -330,6 +331,16 @@ def test_unet_folder_as_eps_model(pipeline_folder):
     np.testing.assert_allclose(other.timesteps(torch.from_numpy(t_vp)).numpy(), [10, 300, 900], atol=1e-6)
     x = gddim.sample(process, model, process.prior_sample((2, 1, 8, 8)), nfe=3)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_unet_folder_has_the_schedulers_process(pipeline_folder, tmp_path):
+    # grid files tuned on the folder's model fit GDDIMScheduler.set_timesteps: both see the same DiscreteVP
+    config = json.loads((pipeline_folder / "scheduler" / "scheduler_config.json").read_text())
+    for schedule in (config, {**config, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}):
+        model = load_unet_eps(pipeline_folder / "unet", schedule=schedule)
+        sched = GDDIMScheduler.from_config({**schedule, "clip_sample": False}, predict_x0=True)
+        assert model.process.config() == sched.process.config()
+    assert model.process.alphas_cumprod[-1] == ZERO_SNR_STAND_IN
 
 
 def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):

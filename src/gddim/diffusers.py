@@ -371,8 +371,10 @@ def load_unet_eps(path: str | Path, process: VP | None = None, schedule: dict | 
                                     "schedule=<the training scheduler's config dict> to say which ᾱ the model learned")
     try:  # a folder made elsewhere: whatever fails to load is named with the folder
         schedule = json.loads(found.read_text()) if schedule is None else schedule
-        known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-        model_schedule = DiscreteVP(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
+        known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "rescale_betas_zero_snr")
+        # the scheduler's own process, so that a grid tuned here fits GDDIMScheduler.set_timesteps
+        model_schedule = schedule_process(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
         # safetensors only: diffusion_pytorch_model.bin is a pickle, never loaded
         unet = diffusers.UNet2DModel.from_pretrained(unet_config.parent, use_safetensors=True)
     except (ValueError, TypeError, KeyError, OSError) as err:
