@@ -221,3 +221,9 @@ def test_a_foreign_key_that_asks_for_something_is_named(peer, keys):
         GDDIMScheduler.from_config(config)
     said = " ".join(str(w.message) for w in caught)
     assert all(f"{key}=" in said for key in keys)
+
+
+def test_a_mistyped_keyword_beside_a_config_is_named():
+    with pytest.warns(UserWarning, match="solver_ordr=3"):
+        sched = GDDIMScheduler.from_config(GDDIMScheduler().config, solver_ordr=3)
+    assert sched.config.solver_order == GDDIMScheduler().config.solver_order

@@ -158,11 +158,13 @@ def _source_class(config: dict):
 
 
 def warn_unsupported(config: dict, ours: set[str], passed: dict) -> None:
-    """A warning that names every key of `config` that gDDIM does not take and whose value is not neutral."""
+    """A warning that names every key of `config` that gDDIM does not take and whose value is not neutral, and every
+    keyword passed beside the config that is not an option (diffusers would drop both silently)."""
     chosen = set(config) - set(config.get("_use_default_values", [])) - set(passed)
-    ignored = sorted(k for k in chosen if not k.startswith("_") and k not in ours and k not in REPLACED
-                     and not (k in NEUTRAL and config[k] == NEUTRAL[k]))
+    ignored = {k: config[k] for k in chosen if not k.startswith("_") and k not in ours and k not in REPLACED
+               and not (k in NEUTRAL and config[k] == NEUTRAL[k])}
+    ignored.update({k: v for k, v in passed.items() if k not in ours})
     if ignored:
-        named = ", ".join(f"{k}={config[k]!r}" for k in ignored)
+        named = ", ".join(f"{k}={ignored[k]!r}" for k in sorted(ignored))
         warnings.warn(f"GDDIMScheduler ignores the config key(s) {named}: gDDIM has no such option; the sampler runs "
                       "without them", stacklevel=4)
