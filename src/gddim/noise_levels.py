@@ -113,7 +113,8 @@ def levels(config, process: DiscreteVP, alphas_cumprod: np.ndarray, num_inferenc
     if timesteps is not None:
         return _on_timesteps(process, alphas_cumprod, _checked_timesteps(config, timesteps), land)
     if sigmas is not None or chosen:
-        train_sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+        with np.errstate(divide="ignore"):  # σ = inf at a zero-SNR schedule's last timestep
+            train_sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
         sigmas = sigma_schedule(config, train_sigmas, num_inference_steps) if sigmas is None else sigmas
         return _on_times(process, alphas_cumprod, np.append(_time_of_sigmas(process, sigmas, train_sigmas), land))
     return _on_timesteps(process, alphas_cumprod, spaced_timesteps(config, num_inference_steps), land)
