@@ -111,7 +111,8 @@ def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
 
 
 def test_v_prediction_equals_epsilon_with_the_converted_output():
-    eps_s, v_s = GDDIMScheduler(**paper(solver_order=3)), GDDIMScheduler(**paper(solver_order=3), prediction_type="v_prediction")
+    eps_s = GDDIMScheduler(**paper(solver_order=3))
+    v_s = GDDIMScheduler(**paper(solver_order=3), prediction_type="v_prediction")
     eps_s.set_timesteps(12)
     v_s.set_timesteps(12)
     model = wobbly(eps_s)
@@ -152,7 +153,8 @@ def sample_options(options: dict) -> dict:
     """The same sampler in gddim.sample's option names (no option: gddim.sample's default)."""
     if not options:
         return {}
-    data = options.get("predict_x0") or (options.get("predict_x0") is None and options.get("algorithm_type") == "dpmsolver++")
+    by_algorithm = options.get("predict_x0") is None and options.get("algorithm_type") == "dpmsolver++"
+    data = options.get("predict_x0") or by_algorithm
     return {"order": options["solver_order"] - 1, "lam": options.get("lam", 0.0),
             "prediction": "data" if data else "eps", "corrector": options["use_corrector"],
             "interpolation": options.get("interpolation", "t"), "lower_order_final": options["lower_order_final"]}
@@ -256,7 +258,8 @@ def test_add_noise_and_velocity_match_ddpm():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"solver_order": 5}, "solver_order"), ({"solver_order": 0}, "solver_order"), ({"solver_order": 1.5}, "solver_order"),
-    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 2, "predict_x0": False}, "predict_x0=True"),
+    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"),
+    ({"lam": 0.5, "solver_order": 2, "predict_x0": False}, "predict_x0=True"),
     ({"lam": 0.5, "use_corrector": True, "predict_x0": False}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
     ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"), ({"final_sigmas_type": "sigma_max"}, "final_sigmas_type"),
     ({"set_alpha_to_one": "no"}, "set_alpha_to_one"), ({"interpolation": "log"}, "interpolation"),

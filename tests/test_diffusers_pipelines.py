@@ -15,7 +15,7 @@ import torch
 from gddim.diffusers import GDDIMScheduler
 from test_diffusers import tiny_unet
 
-transformers = pytest.importorskip("transformers", reason="the Stable Diffusion pipelines need transformers (test extra)")
+transformers = pytest.importorskip("transformers", reason="Stable Diffusion pipelines need transformers (test extra)")
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 OPTIONS = [{}, {"solver_order": 1}, {"solver_order": 2, "predict_x0": False, "use_corrector": False,
@@ -43,7 +43,8 @@ def sd_components(tmp_path_factory):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=8, norm_num_groups=4, attention_head_dim=2)
     vae = diffusers.AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2,
                                   norm_num_groups=2, sample_size=16)
     vocab, merges = byte_vocabulary(tmp_path_factory.mktemp("tokenizer"))
     tokenizer = transformers.CLIPTokenizer(vocab, merges, model_max_length=16)
@@ -73,7 +74,8 @@ def start_image() -> torch.Tensor:
 
 @pytest.mark.parametrize("image_to_image", [False, True], ids=["text-to-image", "image-to-image"])
 def test_stable_diffusion_first_order_is_ddim(sd_components, image_to_image):
-    ddim = diffusers.DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+    ddim = diffusers.DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False,
+                                   timestep_spacing="trailing")
     image = start_image() if image_to_image else None
     want = generate(sd_pipeline(sd_components, ddim, image_to_image), image)
     ours = GDDIMScheduler.from_config(ddim.config, solver_order=1)

@@ -125,7 +125,8 @@ def test_zero_terminal_snr_first_order_is_ddims(kind):
                                      {"interpolation": "logsnr", "final_sigmas_type": "sigma_min"}])
 @pytest.mark.parametrize("kind", ["v_prediction", "sample"])
 def test_zero_terminal_snr_is_exact_for_dirac_data(options, kind):
-    # one data point: x̂_0 = μ at every level, so every variant lands on μ (ᾱ = 1) or on √ᾱ_0 μ + √(1-ᾱ_0) ε*
+    # one data point: x̂_0 = μ at every level, so every variant lands on μ (ᾱ = 1) or on √ᾱ_0 μ + √(1-ᾱ_0) ε*,
+    # with ε* = x (ᾱ = 0 at the start)
     sched = GDDIMScheduler(rescale_betas_zero_snr=True, prediction_type=kind, **options)
     sched.set_timesteps(9)
     mu = torch.linspace(-1, 1, 6, dtype=torch.float64)
@@ -211,7 +212,8 @@ def test_every_key_of_a_saved_config_is_used_or_named(peer, tmp_path):
 
 
 @pytest.mark.parametrize("peer,keys", [
-    (diffusers.DPMSolverMultistepScheduler, {"euler_at_final": True, "use_lu_lambdas": True, "lambda_min_clipped": -5.1}),
+    (diffusers.DPMSolverMultistepScheduler,
+     {"euler_at_final": True, "use_lu_lambdas": True, "lambda_min_clipped": -5.1}),
     (diffusers.UniPCMultistepScheduler, {"solver_p": "dummy", "shift_terminal": 0.5}),
     (diffusers.EulerDiscreteScheduler, {"timestep_type": "continuous", "interpolation_type": "log_linear"}),
 ], ids=["dpm", "unipc", "euler"])

@@ -50,7 +50,8 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     With no option it is gddim.sample's default: 3rd-order multistep gDDIM in the data form with the corrector and
     lower order at the end of short runs (solver_order=4, predict_x0=True, use_corrector=True,
-    lower_order_final=True); solver_order=1 is DDIM. Options named as in diffusers' schedulers mean what they mean there:
+    lower_order_final=True); solver_order=1 is DDIM. Options named as in diffusers' schedulers mean what they mean
+    there:
     solver_order: model outputs combined per step, 1..4 (order q = solver_order - 1 of the exponential
         Adams-Bashforth); the first steps warm up with fewer.
     predict_x0: interpolate the data prediction x̂_0 (DPM-Solver++'s and UniPC's form) instead of ε. A
@@ -120,7 +121,8 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod)
         self.alphas = self.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.betas = 1 - self.alphas
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt().float()  # the training σ until set_timesteps
+        # the training σ until set_timesteps, as in DPM-Solver
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt().float()
         self.final_alpha_cumprod = 1.0 if self.config.set_alpha_to_one else float(alphas_cumprod[0])
 
     @classmethod
