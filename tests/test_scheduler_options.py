@@ -194,7 +194,7 @@ def test_attributes_are_diffusers():
 
 
 PEER_CONFIGS = [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler, diffusers.DDIMScheduler,
-                diffusers.DDPMScheduler, diffusers.EulerDiscreteScheduler]
+                diffusers.DDPMScheduler, diffusers.EulerDiscreteScheduler, diffusers.PNDMScheduler]
 
 
 @pytest.mark.parametrize("peer", PEER_CONFIGS, ids=lambda c: c.__name__)
