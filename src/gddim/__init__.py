@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {"dirac_eps": "exact", "exact_eps": "exact", "gaussian_eps": "exact", "time_grid": "grids",
          **{name: "processes" for name in ("BDM", "CLD", "VP", "DiscreteVP", "LinearProcess", "LinearSDE",
                                            "process_from_config")},
-         **{name: "sampling" for name in ("plan", "reference_ode", "sample")}}
+         **{name: "sampling" for name in ("plan", "reference_ode", "sample")},
+         "GDDIMScheduler": "diffusers"}  # diffusers finds a saved pipeline's scheduler as gddim.GDDIMScheduler
 
 __all__ = ["VP", "DiscreteVP", "CLD", "BDM", "LinearSDE", "LinearProcess", "process_from_config", "sample", "plan",
            "reference_ode", "time_grid", "exact_eps", "dirac_eps", "gaussian_eps", "SamplerError", "GddimError"]
