@@ -11,7 +11,9 @@ import math
 import re
 from pathlib import Path
 
-PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
+PROCESSES = ("vp", "cld", "bdm", "flow")  # the keys of gddim.processes.PROCESSES, in its order
+# the exact-score sweeps' default; flow matching is measured by benchmarks/peers_flow.py
+BENCH_PROCESSES = ("vp", "cld", "bdm")
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
 GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
 SAMPLER_METHODS = ("gddim", "euler", "em", "ancestral", "sscs")  # gddim.sampling.METHODS
