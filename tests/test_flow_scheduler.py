@@ -82,14 +82,17 @@ def gaussian_error(scheduler, steps: int, variance: float = 0.3) -> float:
 
 
 def test_higher_orders_follow_the_exact_flow_closer_than_euler():
-    """20 steps (measured: Euler 0.037, order 2 0.013, orders 3-4 with or without the corrector 0.0007-0.0019)."""
+    """20 steps (measured: Euler 0.037, order 2 0.013 (0.011 with the corrector), orders 3-4 0.0007-0.0019)."""
     euler = gaussian_error(GDDIMFlowScheduler(solver_order=1, use_corrector=False), 20)
     errors = {(order, corrector): gaussian_error(GDDIMFlowScheduler(solver_order=order, use_corrector=corrector), 20)
               for order in (1, 2, 3, 4) for corrector in (False, True) if (order, corrector) != (1, False)}
     assert max(errors.values()) < euler / 2.5, (euler, errors)
     assert max(e for (order, _), e in errors.items() if order >= 3) < euler / 15, (euler, errors)
-    # the error falls with the steps at the method's order: 40 -> 80 steps divides the default's by 7.9 (order 3)
-    assert gaussian_error(GDDIMFlowScheduler(), 40) > 6 * gaussian_error(GDDIMFlowScheduler(), 80)
+    # the error falls with the steps at the method's order: 40 -> 80 steps divides it by 7.9 at solver_order 3
+    # with the corrector, by 4.7 at the default (2 with the corrector; 2.2 on this uniform grid)
+    for order, factor in ((3, 6), (2, 4)):
+        coarse, fine = (gaussian_error(GDDIMFlowScheduler(solver_order=order), n) for n in (40, 80))
+        assert coarse > factor * fine, (order, coarse, fine)
 
 
 def test_save_load_and_config_round_trip(tmp_path):

@@ -52,6 +52,19 @@ def interpolation_variable(process: LinearProcess, name: str):
     raise SettingsError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
 
 
+def check_start(process: LinearProcess, ts: np.ndarray, output: str, interpolation: str) -> None:
+    """Refuse grids no step can start on: Ψ(t,0) = 0 for an ε-model (flow matching at t = 1), and an infinite
+    log-SNR for the "logsnr" interpolation."""
+    if output == "eps" and not np.any(process.mean_coef(ts[:1])):
+        raise SettingsError(f"{process.name} has Ψ(t,0) = 0 at t = {ts[0]:g}: the state there is pure noise and an "
+                            "ε-model says nothing about the data, so no step can start from it. Pass a model that "
+                            "predicts the velocity or the data with output='velocity' or output='data', or start "
+                            "below it (t_start < 1)")
+    if interpolation == "logsnr" and not np.all(np.isfinite(process.log_snr(ts))):
+        raise SettingsError(f"interpolation='logsnr' needs a finite log-SNR on the grid; {process.name}'s is infinite "
+                            f"at t = {ts[0]:g} or {ts[-1]:g}: use interpolation='t' or 'sqrt_t'")
+
+
 def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
     """Polynomial degree of each step: min(i, q), and with lower_order_final on short runs (< 15 steps) at most
     N-1-i, so the last step is first order and the one before second order, as in diffusers (FAST §4)."""

@@ -129,7 +129,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
     if method == "sscs":
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
-    check_start(process, ts, fast)
+    multistep.check_start(process, ts, fast.output, fast.interpolation)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
     if key not in cache:
@@ -167,19 +167,6 @@ def _multistep_options(method: str, order: int | None, lam: float | None, parame
     if options.get("output", "eps") != "eps":
         options = {"prediction": "data", **options}
     return replace(FAST_DEFAULTS if default else Multistep(), **options)
-
-
-def check_start(process: LinearProcess, ts: np.ndarray, options: Multistep) -> None:
-    """Refuse grids no step can start on: Ψ(t,0) = 0 for an ε-model (flow matching at t = 1), and an infinite
-    log-SNR for the "logsnr" interpolation."""
-    if options.output == "eps" and not np.any(process.mean_coef(ts[:1])):
-        raise SettingsError(f"{process.name} has Ψ(t,0) = 0 at t = {ts[0]:g}: the state there is pure noise and an "
-                            "ε-model says nothing about the data, so no step can start from it. Pass a model that "
-                            "predicts the velocity or the data with output='velocity' or output='data', or start "
-                            "below it (t_start < 1)")
-    if options.interpolation == "logsnr" and not np.all(np.isfinite(process.log_snr(ts))):
-        raise SettingsError(f"interpolation='logsnr' needs a finite log-SNR on the grid; {process.name}'s is infinite "
-                            f"at t = {ts[0]:g} or {ts[-1]:g}: use interpolation='t' or 'sqrt_t'")
 
 
 def _is_default_sampler(method: str, order: int | None, lam: float | None, parameterization: str,
