@@ -3,10 +3,10 @@
     python benchmarks/peers_flow.py --dataset digits --out benchmarks/peers_flow_digits
 
 FlowMatchEulerDiscreteScheduler, UniPC and DPM-Solver++ in flow mode and the gDDIM variants of
-`gddim.flow_peers.GDDIM_VARIANTS` run from one batch of x_1 on the same σ levels (FlowMatchEuler's shapes with
-shift 1 and 3, landing at σ = 1e-3); gDDIM's default also runs on its own quadratic grid. Writes results.json
-(every run with its levels, path error against the reference flow and data error; per NFE and grid the best
-peer and the ratios gDDIM / best peer) and errors.png into the output folder.
+`gddim.bench.diffusers_flow.GDDIM_VARIANTS` run from one batch of x_1 on the same σ levels (FlowMatchEuler's
+shapes with shift 1 and 3, landing at σ = 1e-3); gDDIM's default also runs on its own quadratic grid. Writes
+results.json (every run with its levels, path error against the reference flow and data error; per NFE and grid
+the best peer and the ratios gDDIM / best peer) and errors.png into the output folder.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gddim import flow_peers  # noqa: E402
-from gddim.benchmark import machine_info, write_json  # noqa: E402
+from gddim.bench import diffusers_flow  # noqa: E402
+from gddim.bench.records import machine_info, write_json  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_info(device='cpu')}")
     data = load_images(args.dataset, "train", args.image_size)[: args.n_data]
     start = time.perf_counter()
-    result = flow_peers.benchmark(data, tuple(int(v) for v in args.nfe.split(",")), args.batch, args.seed,
+    result = diffusers_flow.benchmark(data, tuple(int(v) for v in args.nfe.split(",")), args.batch, args.seed,
                                   rtol=args.rtol)
     result["settings"] |= {"dataset": args.dataset, "image_size": args.image_size, "n_data": args.n_data,
                            "seconds": round(time.perf_counter() - start, 1)}

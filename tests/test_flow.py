@@ -15,7 +15,7 @@ from gddim.cli import main
 from gddim.errors import SettingsError
 from gddim.exact import exact_data, dirac_eps
 from gddim.processes import EPS_MODEL_T_START, FlowMatching, LinearSDE, make_process, process_from_config
-from gddim.training import load_checkpoint
+from gddim.checkpoints import load_checkpoint
 
 SHAPE = (1, 3, 3)
 

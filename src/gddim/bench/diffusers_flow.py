@@ -16,7 +16,8 @@ prediction x̂(x, σ) (exact.exact_data) gives the velocity v = (x - x̂)/σ tha
   their default (lower_order_final, UniPC's bh2 corrector). UniPC keeps its own first σ, 1 - 1e-6 (at σ = 1
   its step divides by log 0); the model is called there, a start mismatch of 1e-6.
 - gDDIM runs in the engine (gddim.sample with output="data", the same recursion GDDIMFlowScheduler applies) on
-  the same grid, and the default (GDDIMFlowScheduler's) also on the quadratic grid from 1 to 1e-3.
+  the same grid, and the default (GDDIMFlowScheduler's) also on the quadratic grid from 1 to 1e-3. Records name
+  gDDIM by its sampler spec (gddim.spec); "setting" is the grid.
 - Reference: the velocity ODE dx/dσ = v from the same x_1 at σ = 1 to SIGMA_END, float64 DOP853 at rtol,
   checked against rtol/2.
 """
@@ -30,12 +31,13 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from . import sampling
-from .benchmark import CountingEps, data_error, machine_info, rms_error
-from .exact import exact_data
-from .grids import time_grid
-from .peers import summarize
-from .processes import FlowMatching
+from .. import sampling
+from ..exact import exact_data
+from ..grids import time_grid
+from ..processes import FlowMatching
+from ..spec import SamplerSpec
+from .peers import GddimVariant, summarize
+from .records import CountingEps, data_error, machine_info, rms_error
 
 NFES = (5, 10, 15, 20, 50)
 SIGMA_END = 1e-3
@@ -44,12 +46,11 @@ N_TRAIN = 1000  # diffusers' num_train_timesteps: timestep = 1000 σ
 PEERS = ("euler", "unipc-2", "unipc-3", "dpm++2m", "dpm++3m")
 # GDDIMFlowScheduler's default (solver_order 2 = q 1, corrector, lower order at the end), gddim.sample's default
 # (q = 3, data form, corrector, lower order at the end), the paper's orders in the data form (q = 0 is flow
-# matching's Euler step) and q = 1 / q = 2 with DPM-Solver++'s and UniPC's extras
-GDDIM_DEFAULT = "gddim-scheduler-default"
-GDDIM_VARIANTS = ({"name": GDDIM_DEFAULT, "order": 1, "corrector": True, "lower_order_final": True},
-                  {"name": "gddim-sample-default"}) + tuple({"name": f"gddim-q{q}", "order": q} for q in range(4)) + (
-    {"name": "gddim-q1-lof", "order": 1, "lower_order_final": True},
-    {"name": "gddim-q2-corrector", "order": 2, "corrector": True, "lower_order_final": True})
+# matching's Euler step) and q = 1 / q = 2 with DPM-Solver++'s and UniPC's extras; every one runs on every grid
+GDDIM_DEFAULT = SamplerSpec(order=1, prediction="data", corrector=True, lower_order_final=True)
+GDDIM_VARIANTS = (GDDIM_DEFAULT, SamplerSpec()) + tuple(SamplerSpec(order=q, prediction="data") for q in range(4)) + (
+    SamplerSpec(order=1, prediction="data", lower_order_final=True),
+    SamplerSpec(order=2, prediction="data", corrector=True, lower_order_final=True))
 OWN_GRID = "quadratic"  # gDDIM's default grid, run beside the shared ones
 
 
@@ -98,10 +99,9 @@ def run_peer(scheduler, velocity, x_1: torch.Tensor, levels: np.ndarray) -> torc
     return x
 
 
-def run_gddim(data_fn, x_1: torch.Tensor, nfe: int, variant: dict, levels: np.ndarray | str) -> torch.Tensor:
-    kwargs = {k: v for k, v in variant.items() if k != "name"}
+def run_gddim(data_fn, x_1: torch.Tensor, nfe: int, spec: SamplerSpec, levels: np.ndarray | str) -> torch.Tensor:
     process = FlowMatching(t_end=SIGMA_END)
-    return sampling.sample(process, data_fn, x_1, nfe, output="data", grid=levels, **kwargs)
+    return sampling.sample(process, data_fn, x_1, nfe, output="data", grid=levels, **spec.options())
 
 
 def reference_flow(velocity, x_1: torch.Tensor, sigma_end: float, rtol: float) -> torch.Tensor:
@@ -127,7 +127,8 @@ def reference(velocity, x_1: torch.Tensor, rtol: float) -> tuple[torch.Tensor, d
 
 
 def benchmark(data: torch.Tensor, nfes=NFES, batch: int = 256, seed: int = 0, shifts=SHIFTS, peers=PEERS,
-              variants=GDDIM_VARIANTS, default: str = GDDIM_DEFAULT, rtol: float = 1e-10, progress=print) -> dict:
+              variants=GDDIM_VARIANTS, default: SamplerSpec = GDDIM_DEFAULT, rtol: float = 1e-10,
+              progress=print) -> dict:
     """Path and data errors of gDDIM and the flow-matching peers from one batch of x_1 (JSON-ready)."""
     data = data.double()
     data_fn = CountingEps(exact_data(FlowMatching(), data))
@@ -149,30 +150,31 @@ def benchmark(data: torch.Tensor, nfes=NFES, batch: int = 256, seed: int = 0, sh
         records.append({"sampler": sampler, "family": family, "setting": setting, "nfe": nfe, "model_calls": calls,
                         "finite_output": finite, **errors, "levels": [float(s) for s in levels],
                         "t_final": float(levels[-1]), "lands_at_t_end": True})
-        progress(f"{sampler:>20} {setting:>10} nfe {nfe:3d}: path {errors['path_error']:.3e}  "
+        progress(f"{sampler:>32} {setting:>10} nfe {nfe:3d}: path {errors['path_error']:.3e}  "
                  f"data {errors['data_error']:.3e}" if finite else f"{sampler} {setting} nfe {nfe}: non-finite")
 
     for nfe in nfes:
         for shift in shifts:
             levels, setting = shared_levels(nfe, shift), f"shift={shift:g}"
-            for variant in variants:
-                record(variant["name"], "gddim", setting, nfe, run_gddim(data_fn, x_1, nfe, variant, levels), levels)
+            for spec in variants:
+                record(spec.label, "gddim", setting, nfe, run_gddim(data_fn, x_1, nfe, spec, levels), levels)
             for name in peers:
                 record(name, "diffusers", setting, nfe, run_peer(make_peer(name), velocity, x_1, levels), levels)
-        variant = next(v for v in variants if v["name"] == default)
-        record(default, "gddim", OWN_GRID, nfe, run_gddim(data_fn, x_1, nfe, variant, OWN_GRID),
+        record(default.label, "gddim", OWN_GRID, nfe, run_gddim(data_fn, x_1, nfe, default, OWN_GRID),
                time_grid(FlowMatching(t_end=SIGMA_END), nfe, OWN_GRID))
-    return {"reference": info, "records": records, "summary": summarize(records, default),
-            "same_levels": same_levels(records, default),
+    on_uniform = GddimVariant(default, f"shift={shifts[0]:g}")
+    return {"reference": info, "records": records, "summary": summarize(records, on_uniform),
+            "same_levels": same_levels(records, default.label),
             "settings": {"batch": batch, "seed": seed, "nfes": list(nfes), "shifts": list(shifts),
-                         "sigma_end": SIGMA_END, "gddim_default": default, "data_points": len(data),
+                         "sigma_end": SIGMA_END, "gddim_default": {"sampler": default.label, "setting": on_uniform.grid},
+                         "data_points": len(data),
                          "data_shape": list(data.shape[1:]), "process": FlowMatching(t_end=SIGMA_END).config(),
                          "peer_precision": "FlowMatchEuler steps in float32; the other peers keep σ in float32; "
                                            "gDDIM and the reference run in float64"},
             "machine": machine_info(device="cpu", diffusers=diffusers.__version__)}
 
 
-def same_levels(records: list[dict], default: str = GDDIM_DEFAULT) -> list[dict]:
+def same_levels(records: list[dict], default: str = GDDIM_DEFAULT.label) -> list[dict]:
     """Per NFE and shared grid: the best peer, gDDIM's default and best variant on that grid, and the ratios."""
     out = []
     for nfe in sorted({r["nfe"] for r in records}):
