@@ -185,7 +185,8 @@ def test_image_to_image_begins_mid_schedule_like_euler():
 
 
 def test_refusals_and_warnings_name_the_key():
-    for config, key in [(dict(prediction_type="epsilon"), "prediction_type"), (dict(invert_sigmas=True), "invert_sigmas"),
+    for config, key in [(dict(prediction_type="epsilon"), "prediction_type"),
+                        (dict(invert_sigmas=True), "invert_sigmas"),
                         (dict(use_flow_sigmas=False), "use_flow_sigmas"), (dict(solver_order=5), "solver_order"),
                         (dict(time_shift_type="cubic"), "time_shift_type"), (dict(lam=2.0), "lam"),
                         (dict(use_karras_sigmas=True, use_beta_sigmas=True), "use_karras_sigmas")]:

@@ -12,13 +12,15 @@ from .errors import GddimError, SamplerError
 
 __version__ = "0.1.0"
 
-_LAZY = {"dirac_eps": "exact", "exact_data": "exact", "exact_eps": "exact", "gaussian_eps": "exact", "time_grid": "grids",
-         **{name: "processes" for name in ("BDM", "CLD", "FlowMatching", "VP", "DiscreteVP", "LinearProcess", "LinearSDE",
-                                           "process_from_config")},
+_LAZY = {"dirac_eps": "exact", "exact_data": "exact", "exact_eps": "exact", "gaussian_eps": "exact",
+         "time_grid": "grids",
+         **{name: "processes" for name in ("BDM", "CLD", "FlowMatching", "VP", "DiscreteVP", "LinearProcess",
+                                           "LinearSDE", "process_from_config")},
          **{name: "sampling" for name in ("plan", "reference_ode", "sample")}}
 
-__all__ = ["VP", "DiscreteVP", "CLD", "BDM", "FlowMatching", "LinearSDE", "LinearProcess", "process_from_config", "sample", "plan",
-           "reference_ode", "time_grid", "exact_eps", "exact_data", "dirac_eps", "gaussian_eps", "SamplerError", "GddimError"]
+__all__ = ["VP", "DiscreteVP", "CLD", "BDM", "FlowMatching", "LinearSDE", "LinearProcess", "process_from_config",
+           "sample", "plan", "reference_ode", "time_grid", "exact_eps", "exact_data", "dirac_eps", "gaussian_eps",
+           "SamplerError", "GddimError"]
 
 
 def __getattr__(name: str):

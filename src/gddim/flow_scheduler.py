@@ -43,8 +43,9 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
     solver_order: model outputs combined per step, 1..4 (1 is flow matching's Euler step); the first steps warm
         up with fewer. The default, 2 with the corrector and lower_order_final (UniPC-2's shape), was the most
         robust gDDIM setting on exact velocities (benchmarks/peers_flow_digits): higher orders extrapolate x̂ too
-        far over the large last steps of shifted schedules (shift 3) and diverge there. use_corrector: redo each step with the model output at its end (UniPC's corrector, no
-        extra model call). lower_order_final: on runs of fewer than 15 steps the last step is first order.
+        far over the large last steps of shifted schedules (shift 3) and diverge there.
+    use_corrector: redo each step with the model output at its end (UniPC's corrector, no extra model call).
+    lower_order_final: on runs of fewer than 15 steps the last step is first order.
     interpolation: the variable x̂ is a polynomial in: "t" (σ) or "sqrt_t" ("logsnr" is infinite at σ = 0, 1).
     lam: gDDIM's stochastic step λ in [0, 1] (MATH §3); 0 is deterministic.
     flow_shift and use_flow_sigmas are UniPC's and DPM-Solver's names: flow_shift is shift (shift decides when
@@ -72,8 +73,9 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         defaults = set(self.config.get("_use_default_values", []))
         self.register_to_config(_use_default_values=sorted(defaults - set(ALWAYS_SHARED)))
         # the data form (x̂ history) of GDDIMScheduler's options, fed with the model's own output kind
-        order, lam, options = _sampler_options(solver_order, True, use_corrector, lower_order_final, interpolation,
-                                               lam, False)
+        order, lam, options = _sampler_options(solver_order, data=True, use_corrector=use_corrector,
+                                               lower_order_final=lower_order_final, interpolation=interpolation,
+                                               lam=lam, to_one=False)
         self._options = order, lam, replace(options, output=PREDICTION_TYPES[prediction_type])
         self._shift = resolved
         self.process = FlowMatching()

@@ -166,7 +166,8 @@ def benchmark(data: torch.Tensor, nfes=NFES, batch: int = 256, seed: int = 0, sh
     return {"reference": info, "records": records, "summary": summarize(records, on_uniform),
             "same_levels": same_levels(records, default.label),
             "settings": {"batch": batch, "seed": seed, "nfes": list(nfes), "shifts": list(shifts),
-                         "sigma_end": SIGMA_END, "gddim_default": {"sampler": default.label, "setting": on_uniform.grid},
+                         "sigma_end": SIGMA_END,
+                         "gddim_default": {"sampler": default.label, "setting": on_uniform.grid},
                          "data_points": len(data),
                          "data_shape": list(data.shape[1:]), "process": FlowMatching(t_end=SIGMA_END).config(),
                          "peer_precision": "FlowMatchEuler steps in float32; the other peers keep σ in float32; "
