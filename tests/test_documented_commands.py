@@ -69,6 +69,7 @@ SMOKE = {
     "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
     "benchmarks/peers_fashion-mnist": Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
     "python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json": Smoke(("--quick",)),
+    "python benchmarks/peers_flow.py --dataset digits --out benchmarks/peers_flow_digits": Smoke(PEERS_SMOKE),
     "gddim bench exact --dataset digits --out benchmarks/exact_digits --threads 1":
         Smoke(("--quick", "--data-points", "100", "--nfes", "5", "10", "--batch", "4", "--rtol", "1e-6")),
     "gddim bench coefficients --out benchmarks/coefficients --threads 1":

@@ -28,6 +28,31 @@ def _single_time(t: torch.Tensor) -> float:
 
 def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str = "R", chunk: int = 8192) -> EpsFn:
     """The exact ε of the empirical distribution of `data` (N, C, H, W) under `process`."""
+    posterior = _posterior(process, data, parameterization, chunk)
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w, a, mean_x = posterior(u, t)
+        return process.from_basis(w - a * mean_x).to(dtype=u.dtype, device=u.device)
+
+    return eps_fn
+
+
+def exact_data(process: LinearProcess, data: torch.Tensor, chunk: int = 8192) -> EpsFn:
+    """The exact data prediction x̂(u, t) = E[(x_0, 0) | u_t = u] of the empirical distribution of `data`, as a
+    state: a model for gddim.sample(..., output="data"). It stays finite where Ψ(t,0) = 0 (flow matching at t = 1:
+    the data mean), where the exact ε carries no information about the data."""
+    posterior = _posterior(process, data, "R", chunk)
+
+    def data_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _, _, mean_x = posterior(u, t)
+        state = torch.cat([mean_x] + [torch.zeros_like(mean_x)] * (process.k - 1), dim=1)
+        return process.from_basis(state).to(dtype=u.dtype, device=u.device)
+
+    return data_fn
+
+
+def _posterior(process: LinearProcess, data: torch.Tensor, parameterization: str, chunk: int):
+    """posterior(u, t) -> (w = K⁻¹u, a, E[x_0 | u]) in the basis layout; see the module doc."""
     if data.ndim != 4 or len(data) == 0:
         raise SettingsError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
     y0 = process.to_basis(process.data_to_state(data.detach().cpu().to(torch.float64)))  # (N, k, C, H, W)
@@ -38,7 +63,7 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
     x_flat = x0.flatten(1)  # (N, D)
     x_sq = x_flat**2
 
-    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def posterior(u: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         process.check_state(u)
         if u.shape[1:] != (process.k * x0.shape[2], *x0.shape[3:]):
             raise SettingsError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
@@ -61,10 +86,9 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
             total = total * decay + p.sum(1)
             weighted = weighted * decay[:, None] + p @ xs
             run_max = new_max
-        mean_x = (weighted / total[:, None]).reshape(len(w), 1, *x0.shape[2:])
-        return process.from_basis(w - a * mean_x).to(dtype=u.dtype, device=u.device)
+        return w, a, (weighted / total[:, None]).reshape(len(w), 1, *x0.shape[2:])
 
-    return eps_fn
+    return posterior
 
 
 def dirac_eps(process: LinearProcess, point: torch.Tensor, parameterization: str = "R") -> EpsFn:

@@ -49,6 +49,9 @@ class Multistep:
     lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second order.
     final_step: "integrate" (end at t_end; CLD then takes its denoising step) or "data" (one more model call
         returns the data prediction x̂(u, t_end); it replaces CLD's denoising step and counts in the NFE).
+    output: what the model returns: "eps" (ε_R), "data" (x̂, the posterior mean of the data) or "velocity"
+        (flow matching's dx_t/dt); anything but ε keeps the history in the data form (prediction="data"), so that
+        flow matching can start at t = 1, where Ψ(t,0) = 0 and an ε-model says nothing about the data.
     """
 
     prediction: str = "eps"
@@ -56,10 +59,12 @@ class Multistep:
     interpolation: str = "t"
     lower_order_final: bool = False
     final_step: str = "integrate"
+    output: str = "eps"
 
     def check(self, method: str, parameterization: str) -> None:
         for name, allowed in [("prediction", multistep.PREDICTIONS), ("interpolation", multistep.INTERPOLATIONS),
-                              ("final_step", multistep.FINAL_STEPS)]:
+                              ("final_step", multistep.FINAL_STEPS),
+                              ("output", multistep.OUTPUTS)]:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("corrector", "lower_order_final"):
@@ -67,6 +72,9 @@ class Multistep:
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.is_paper:
             return
+        if self.output != "eps" and self.prediction != "data":
+            raise SettingsError(f"a model with output={self.output!r} gives x̂, so its history is the data form: "
+                                "pass prediction='data' (or leave prediction unset)")
         if method != "gddim":
             raise SettingsError(f"prediction, corrector, interpolation, lower_order_final and final_step belong to "
                              f"method='gddim'; {method!r} takes none of them")
@@ -121,12 +129,13 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
     if method == "sscs":
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
+    multistep.check_start(process, ts, fast.output, fast.interpolation)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
     if key not in cache:
         rec = integrator(process, ts, method, order, lam, parameterization, fast)
         if fast.final_step == "data":
-            rec = rec.then(multistep.final_data_step(process, ts[-1]))
+            rec = rec.then(multistep.final_data_step(process, ts[-1], fast.output))
         elif denoise:
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
@@ -138,7 +147,7 @@ def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", or
     """The integrator steps of one (checked) sampler on the grid ts, without the final denoising or data step."""
     if method == "gddim" and not options.is_integrator_paper:
         return multistep.multistep(process, ts, order, lam, options.prediction, options.corrector,
-                                   options.interpolation, options.lower_order_final)
+                                   options.interpolation, options.lower_order_final, options.output)
     if method == "gddim" and lam == 0:
         return coefficients.exponential_integrator(process, ts, order, parameterization)
     if method in ("gddim", "ancestral"):
@@ -155,6 +164,8 @@ def _multistep_options(method: str, order: int | None, lam: float | None, parame
         raise SettingsError(f"unknown sampler option(s) {sorted(unknown)}; the multistep options are "
                         f"{list(Multistep.__dataclass_fields__)}")
     default = _is_default_sampler(method, order, lam, parameterization, options)
+    if options.get("output", "eps") != "eps":
+        options = {"prediction": "data", **options}
     return replace(FAST_DEFAULTS if default else Multistep(), **options)
 
 
@@ -184,6 +195,9 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
         raise SettingsError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
     if method == "sscs" and denoise is not None and denoise != process.denoise:
         raise SettingsError("SSCS always ends with CLD's denoising step; leave denoise unset")
+    if fast.output != "eps" and denoise:
+        raise SettingsError(f"the denoising step takes an ε-model; a model with output={fast.output!r} ends with "
+                            "final_step='data' or at t_end: leave denoise unset or False")
     if fast.final_step == "data" and denoise:
         raise SettingsError("final_step='data' replaces the denoising step: leave denoise unset or False")
     denoise = (process.denoise if denoise is None else denoise) and fast.final_step != "data"

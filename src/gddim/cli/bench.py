@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..bench import sweeps
 from ..errors import OutputExistsError
-from .options import PROCESSES, non_empty, non_negative, positive, positive_number
+from .options import BENCH_PROCESSES, PROCESSES, non_empty, non_negative, positive, positive_number
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
                        help="the data split; all (default) joins train and test")
     exact.add_argument("--image-size", type=positive, help="resize images to this square size first")
     exact.add_argument("--data-points", type=positive, help="keep only the first N images (default: all of the split)")
-    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
+    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(BENCH_PROCESSES))
     exact.add_argument("--nfes", nargs="+", type=positive, help=f"NFE values (default {' '.join(map(str, sweeps.NFES))})")
     exact.add_argument("--batch", type=positive, help="starting points (default 256)")
     exact.add_argument("--seed", type=non_negative, default=0)
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     exact.set_defaults(run=run_exact)
 
     coeff = which.add_parser("coefficients", help="coefficient build time for a new grid from a cold start")
-    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
+    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(BENCH_PROCESSES))
     coeff.add_argument("--nfes", nargs="+", type=positive, default=list(sweeps.COEFFICIENT_NFES))
     coeff.add_argument("--repeats", type=positive, default=5, help="builds per configuration; medians are reported")
     coeff.add_argument("--bdm-image-size", type=positive, default=32, help="BDM's image size (number of DCT modes)")

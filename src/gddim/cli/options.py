@@ -14,7 +14,9 @@ from pathlib import Path
 from ..errors import SettingsError
 from ..spec import METHODS, SamplerSpec
 
-PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
+PROCESSES = ("vp", "cld", "bdm", "flow")  # the keys of gddim.processes.PROCESSES, in its order
+# the exact-score sweeps' default; flow matching is measured by benchmarks/peers_flow.py
+BENCH_PROCESSES = ("vp", "cld", "bdm")
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
 GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER

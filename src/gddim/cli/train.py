@@ -28,7 +28,7 @@ SWITCHES = ("flip", "resume", "no_progress")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train an ε-network for VP, CLD or BDM (torchrun for several processes)",
+    p = subparsers.add_parser("train", help="train an ε-network for VP, CLD, BDM or flow matching (torchrun for several processes)",
                               description="Train an ε-network. Under `torchrun --nproc_per_node=N` it runs DDP. "
                               "Rerunning the same command in the same --out folder resumes the run.")
     p.add_argument("--config", help="JSON file whose keys are the option names below (image_size, not "
