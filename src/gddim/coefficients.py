@@ -17,6 +17,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from . import blocks
+from .errors import SettingsError
 from .processes import LinearProcess
 
 GAUSS_NODES, GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(8)
@@ -186,7 +187,7 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         # ε_L = Lᵀ R⁻ᵀ ε_R (MATH §1.3): the same network drives the L-coefficients
         eps_map = blocks.transpose(np.linalg.solve(process.R(t), process.L(t)))
     else:
-        raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
+        raise SettingsError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
     return Recursion(times=t, next_times=s, A=A, C=C, eps_map=eps_map)
 
 

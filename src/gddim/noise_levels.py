@@ -169,7 +169,9 @@ def time_of_alpha_bar(process: VP, alpha_bar, t_max: float = 1.0) -> np.ndarray:
     target = np.log(np.asarray(alpha_bar, dtype=np.float64))
     lowest = float(process.log_alpha_bar(t_max)[0])
     if np.any(target > 0) or np.any(target < lowest):
-        raise ValueError(f"ᾱ outside the process's range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]")
+        raise SettingsError(f"ᾱ outside {process.name}'s range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]: "
+                            "ask only for noise levels it reaches (a model's process must stay within the ᾱ of "
+                            "its training schedule)")
     lo, hi = np.zeros_like(target), np.full_like(target, t_max)
     for _ in range(64):  # 64 halvings reach float64 resolution
         mid = 0.5 * (lo + hi)
