@@ -33,7 +33,7 @@ from .errors import SettingsError
 from .exact import exact_eps
 from .grids import steps_for_nfe
 from .processes import PROCESSES, LinearProcess, make_process
-from .sampling import DEFAULT_ORDER, EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
+from .sampling import DEFAULT_ORDER, EpsFn, SamplerError, cached_plan, plan, reference_ode, run_recursion, sample
 from .sweeps import COEFFICIENT_NFES, NFES, REFERENCE_RTOL
 
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
@@ -445,6 +445,7 @@ def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes:
 def _cold_build(name: str, nfe: int, order: int, lam: float, bdm_image_size: int) -> list[list[float]]:
     """[[wall, cpu] seconds for a fresh process and its first R call, [wall, cpu] for sampling.plan after it]."""
     clocks = (time.perf_counter, time.process_time)
+    cached_plan.cache_clear()  # equal processes share plans: a cold start keeps none from the last repeat
     start = [c() for c in clocks]
     process = make_process(name, (bdm_image_size, bdm_image_size))
     process.R(process.t_end)

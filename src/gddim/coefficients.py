@@ -178,7 +178,7 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         tau, w = gauss_legendre(t, s, panels)
         p = tau.shape[1]
         flat = tau.ravel()
-        integrand = process.psi(np.repeat(s, p), flat) @ (0.5 * process.GGT(flat) @ blocks.transpose(np.linalg.inv(process.L(flat))))
+        integrand = process.psi(np.repeat(s, p), flat) @ process.eps_drift(flat, "L")
         integrand = integrand.reshape(n, p, *A.shape[1:])
         for idx, nodes in _history_nodes(ts, warmup_degrees(n, order)):
             value, _ = lagrange_basis(nodes, tau[idx])
@@ -244,11 +244,9 @@ def euler_maruyama(process: LinearProcess, ts: np.ndarray, lam: float) -> Recurs
     """
     t, s = ts[:-1], ts[1:]
     h = (s - t)[:, None, None, None]
-    eye = blocks.eye(process.modes, process.k)
-    ggt = process.GGT(t)
-    A = eye + h * process.F(t)
-    C = ((1 + lam**2) / 2 * h * ggt @ blocks.transpose(np.linalg.inv(process.R(t))))[:, None]
-    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(ggt) if lam > 0 else None
+    A = blocks.eye(process.modes, process.k) + h * process.F(t)
+    C = ((1 + lam**2) * h * process.eps_drift(t))[:, None]
+    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(process.GGT(t)) if lam > 0 else None
     return Recursion(times=t, next_times=s, A=A, C=C, S=S)
 
 
