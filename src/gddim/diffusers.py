@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .coefficients import Recursion
 from .errors import CheckpointError
+from .grids import invert_decreasing
 from .multistep import INTERPOLATIONS
 from .processes import VP, DiscreteVP
 from .sampling import MAX_ORDER, Multistep, Stepper, integrator
@@ -60,12 +61,7 @@ def time_of_alpha_bar(process: VP, alpha_bar, t_max: float = 1.0) -> np.ndarray:
     lowest = float(process.log_alpha_bar(t_max)[0])
     if np.any(target > 0) or np.any(target < lowest):
         raise ValueError(f"ᾱ outside the process's range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]")
-    lo, hi = np.zeros_like(target), np.full_like(target, t_max)
-    for _ in range(64):  # 64 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_alpha_bar(mid.ravel()).reshape(mid.shape) > target
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+    return invert_decreasing(lambda t: process.log_alpha_bar(t.ravel()).reshape(t.shape), target, 0.0, t_max)
 
 
 @dataclass
