@@ -20,7 +20,7 @@ from torch import nn
 
 from . import blocks
 from .errors import NetworkConfigError
-from .exact import gaussian_gain
+from .exact import gaussian_gain, isotropic_data_cov
 from .processes import LinearProcess
 
 TIME_SCALE = 999.0  # the network's time label is 999·t (MATH §9.7)
@@ -160,8 +160,7 @@ class EpsModel(nn.Module):
     def gaussian_part(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E_t u: the exact ε if the data were N(0, gaussian_skip I); one float64 gain per distinct time."""
         times, index = np.unique(t.detach().double().cpu().numpy(), return_inverse=True)
-        cov = np.zeros((self.process.modes, self.k, self.k))
-        cov[:, 0, 0] = self.config.gaussian_skip
+        cov = isotropic_data_cov(self.process, self.config.gaussian_skip)
         gain = blocks.to_torch(gaussian_gain(self.process, times, cov), self.process.mode_shape, u.dtype, u.device)
         per_sample = gain[torch.from_numpy(index.reshape(-1)).to(u.device)]
         return self.process.from_basis(blocks.apply(per_sample, self.process.to_basis(u)))
