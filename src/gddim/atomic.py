@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,4 +32,12 @@ def atomic_file(path: Path):
 
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """obj as JSON (indented, UTF-8, a final newline) written atomically; its folder is made if missing."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    return path
