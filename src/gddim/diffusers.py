@@ -117,7 +117,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self._mark_chosen(("predict_x0", "algorithm_type"), ("final_sigmas_type", "set_alpha_to_one"))
         self.process = DiscreteVP(train_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
                                                        trained_betas))
-        self.alphas_cumprod = torch.from_numpy(self.process.alphas_cumprod)
+        self.alphas_cumprod = torch.tensor(self.process.alphas_cumprod)  # a copy: the process's array is read-only
         self.final_alpha_cumprod = 1.0 if to_one else float(self.process.alphas_cumprod[0])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
