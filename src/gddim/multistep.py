@@ -73,7 +73,8 @@ def hat_psi_pairs(process: LinearProcess, tau: np.ndarray, s: np.ndarray, lam: f
 
     def rhs(log_time, y):  # in log τ: the rate grows like 1/τ near τ = 0, so steps stay even
         time = np.exp(log_time)
-        rate = lam**2 * time * np.linalg.solve(process.R(time)[0], process.eps_drift(time)[0])  # λ²/2 R⁻¹GGᵀR⁻ᵀ
+        # (λ²/2) R⁻¹GGᵀR⁻ᵀ, times τ for the log-time variable
+        rate = lam**2 * time * np.linalg.solve(process.R(time)[0], process.eps_drift(time)[0])
         return (rate @ y.reshape(m, k, k)).ravel()
 
     sol = solve_ivp(rhs, np.log(span), blocks.eye(m, k).ravel(), method="DOP853", rtol=1e-9, atol=1e-12,

@@ -119,7 +119,7 @@ class LinearProcess(metaclass=_BuiltOnce):
         raise SettingsError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
 
     def eps_drift(self, t, parameterization: str = "R") -> np.ndarray:
-        """½ G_tG_tᵀ K_t⁻ᵀ: the matrix that multiplies ε in the probability-flow drift F u + ½GGᵀK⁻ᵀ ε (MATH §1.2)."""
+        """½ G_tG_tᵀ K_t⁻ᵀ, the matrix that multiplies ε in the probability-flow drift (MATH §1.2)."""
         return blocks.eps_drift(self.GGT(t), self.K(t, parameterization))
 
     def mean_coef(self, t) -> np.ndarray:

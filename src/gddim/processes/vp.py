@@ -26,7 +26,8 @@ class VP(LinearProcess):
         if schedule not in ("linear", "cosine"):
             raise SettingsError(f"VP schedule must be 'linear' or 'cosine', got {schedule!r}")
         self.schedule = schedule
-        self.beta_min = check_parameter("VP", "beta_min", beta_min, lambda b: b >= 0, "0 <= beta_min < beta_max (β(t) >= 0)")
+        self.beta_min = check_parameter("VP", "beta_min", beta_min, lambda b: b >= 0,
+                                        "0 <= beta_min < beta_max (β(t) >= 0)")
         self.beta_max = check_parameter("VP", "beta_max", beta_max, lambda b: b > beta_min,
                                         f"0 <= beta_min < beta_max (beta_min={beta_min})")
         self.cosine_s = check_parameter("VP", "cosine_s", cosine_s, lambda s: s >= 0,
