@@ -29,11 +29,12 @@ import torch
 
 from gddim.atomic import atomic_write_text
 from gddim.benchmark import machine_info
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
 from gddim.evaluation import Sampler, evaluate, save_metrics_and_plot
 from gddim.networks import preset
 from gddim.processes import make_process
-from gddim.training import TrainConfig, load_checkpoint, train
+from gddim.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 NFES = (5, 10, 20, 50, 100, 200)
@@ -281,10 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--processes", default="vp,cld,bdm")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--ema", type=float, default=TrainConfig.ema_decay, help="EMA decay of the weights")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--n", type=int, default=250, help="samples per Fréchet distance in the sweep")
     p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")

@@ -22,7 +22,7 @@ import gddim
 from gddim.benchmark import benchmark_images
 from gddim.grid_files import TUNED_DIR, TUNED_FORMAT, VERSION
 from gddim.processes import make_process
-from gddim.training import atomic_write_text
+from gddim.atomic import atomic_write_text
 from gddim.tuning import CANDIDATE_GRID, model_step_costs
 
 PROCESSES = ("vp", "cld", "bdm")

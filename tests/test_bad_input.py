@@ -20,7 +20,7 @@ import torch
 from gddim import errors
 from gddim.cli import main, options
 from gddim.data import load_images
-from gddim.training import CheckpointError, load_checkpoint
+from gddim.checkpoints import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,10 +263,10 @@ def test_names_offered_by_the_parsers_are_the_library_names():
 
 
 def test_every_user_error_is_a_gddim_error_and_keeps_its_old_base():
-    from gddim import data, networks, sampling, training
+    from gddim import checkpoints, data, networks, sampling, training
 
     assert issubclass(data.DataError, errors.GddimError)
-    assert issubclass(training.CheckpointError, ValueError) and issubclass(training.CheckpointError, errors.GddimError)
+    assert issubclass(checkpoints.CheckpointError, ValueError) and issubclass(checkpoints.CheckpointError, errors.GddimError)
     assert issubclass(training.TrainingError, RuntimeError) and issubclass(sampling.SamplerError, RuntimeError)
     assert issubclass(networks.NetworkConfigError, ValueError)
     assert issubclass(errors.SettingsError, ValueError)

@@ -31,7 +31,7 @@ import gddim
 from gddim.benchmark import benchmark_images, machine_info, rms_error, write_json
 from gddim.grids import steps_for_nfe
 from gddim.processes import make_process
-from gddim.training import load_checkpoint
+from gddim.checkpoints import load_checkpoint
 from gddim.tuning import CANDIDATES, model_step_costs
 
 OUT = Path(__file__).parent / "results.json"

@@ -29,7 +29,7 @@ def run(args) -> int:
     import torch
 
     from ..grid_files import grid_record, write_grid_file
-    from ..training import load_checkpoint
+    from ..checkpoints import load_checkpoint
     from ..tuning import CANDIDATES, TEACHER_RTOL, model_step_costs, tuned_steps
 
     candidates = CANDIDATES if args.candidates is None else args.candidates
