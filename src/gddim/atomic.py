@@ -53,9 +53,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """obj as JSON (indented, UTF-8, a final newline) written atomically; its folder is made if missing."""
+def write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
+    """obj as JSON (UTF-8, a final newline) written atomically; its folder is made if missing."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
     return path

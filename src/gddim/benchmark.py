@@ -15,7 +15,6 @@ to the sampler alone:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import write_json
 from .coefficients import denoising_step
 from .data import DataError, load_images
 from .errors import SettingsError
@@ -361,11 +361,6 @@ def machine_info(**extra) -> dict:
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0], **extra}
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_exact_results(result: dict, out_dir: Path) -> None:

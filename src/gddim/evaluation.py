@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import write_json
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
 from .errors import SettingsError
@@ -144,8 +144,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
             if progress:
                 _print_record(record, kept=key in finished)
             if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                metrics.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(metrics, json.dumps(result, indent=2))
+                write_json(metrics, result)
     if metrics is not None:
         save_metrics_and_plot(result, metrics.parent)
     return result
@@ -186,8 +185,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    write_json(out_dir / "metrics.json", result)
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
 

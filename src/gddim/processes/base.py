@@ -66,10 +66,11 @@ class LinearProcess(metaclass=_BuiltOnce):
     - __init__ checks every parameter (check_parameter returns it as a float; frozen_array copies arrays
       read-only) and stores it, with whatever it derives from them (e.g. CLD's Γ);
     - once __init__ returns, assigning or deleting an attribute raises ImmutableError (build a new process);
+      this base class does it for every subclass, so a subclass writes a plain __init__ (no frozen dataclass);
     - something costly derived on first use (CLD's R_t solution) is a functools.cached_property, which is
       computed once from the fixed parameters;
-    - config() returns every parameter as JSON values, and the subclass's class is in processes.PROCESSES
-      so that process_from_config(p.config()) == p;
+    - config() returns every parameter as JSON values under the "process" name that processes/__init__.py
+      maps to the class, so that process_from_config(p.config()) == p;
     - equality and hash come from identity(): the class and the config (LinearSDE adds its F and G, which
       are code). Equal processes share the coefficients that sampling.plan keeps in memory.
     """
