@@ -113,7 +113,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: torc
             tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
             torch.save({"optimizer": optimizer.state_dict(), "step": meta["step"]}, tmp / STATE)
-            write_json(tmp / CONFIG, meta)
+            write_json(tmp / CONFIG, meta, indent=2)
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.iterdir():  # older checkpoints, leftovers of crashed writes
         if old.name != name and (old.name.startswith("step_") or is_temp(old.name)):

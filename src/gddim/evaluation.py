@@ -144,7 +144,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
             if progress:
                 _print_record(record, kept=key in finished)
             if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                write_json(metrics, result)
+                write_json(metrics, result, indent=2)
     if metrics is not None:
         save_metrics_and_plot(result, metrics.parent)
     return result
@@ -185,7 +185,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "metrics.json", result, indent=2)
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
 
