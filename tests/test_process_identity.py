@@ -108,6 +108,8 @@ def test_equal_processes_share_plans(empty_plan_cache):
     info = sampling.cached_plan.cache_info()
     assert (info.hits, info.misses) == (1, 1)
     assert gddim.plan(gddim.CLD(m_inv=2.0), 10, order=2) is not first
+    with pytest.raises(ValueError, match="read-only"):
+        first.C[0] = 0.0
     assert not any(isinstance(value, dict) for value in vars(gddim.CLD()).values())
 
 

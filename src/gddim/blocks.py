@@ -47,7 +47,7 @@ def to_torch(a: np.ndarray, mode_shape: tuple[int, int], dtype=torch.float64, de
     h, w = mode_shape
     if m != h * w:
         raise ValueError(f"block array has {m} modes but the mode shape is {mode_shape}")
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, (-3), -1)))  # (..., k, k, M)
+    t = torch.tensor(np.moveaxis(a, -3, -1))  # (..., k, k, M), a copy: plans kept in memory are read-only
     return t.reshape(*lead, k, k, h, w).to(dtype=dtype, device=device)
 
 

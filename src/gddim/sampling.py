@@ -136,9 +136,12 @@ def cached_plan(process: LinearProcess, times: tuple[float, ...], method: str, o
     ts = np.array(times)
     rec = integrator(process, ts, method, order, lam, parameterization, options)
     if options.final_step == "data":
-        return rec.then(multistep.final_data_step(process, ts[-1]))
-    if denoise:
-        return rec.then(coefficients.denoising_step(process, ts[-1]))
+        rec = rec.then(multistep.final_data_step(process, ts[-1]))
+    elif denoise:
+        rec = rec.then(coefficients.denoising_step(process, ts[-1]))
+    for array in vars(rec).values():  # a shared entry: no caller may change it for the others
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
     return rec
 
 
