@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,70 +19,7 @@ from .errors import SettingsError
 from .generation import sample_images, save_grid
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .sampling import SamplerError, check_sampler
-
-SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization", "pred": "prediction", "corr": "corrector",
-                "interp": "interpolation", "lof": "lower_order_final", "final": "final_step"}
-SPEC_FORM = "method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1][:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data]"
-FLAGS = {"0": False, "1": True}
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """One sampler setting, written as a spec string (SPEC_FORM), e.g. "gddim" (the default sampler), "gddim:q=2"
-    (the paper's q = 2), "gddim:q=3:pred=data:corr=1" or "em"; options left out take gddim.sample's defaults."""
-
-    method: str = "gddim"
-    order: int | None = None
-    lam: float | None = None
-    parameterization: str = "R"
-    prediction: str | None = None
-    corrector: bool | None = None
-    interpolation: str | None = None
-    lower_order_final: bool | None = None
-    final_step: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Sampler:
-        method, *options = spec.strip().split(":")
-        values: dict = {}
-        for option in options:
-            key, eq, value = option.partition("=")
-            if not eq or key not in SAMPLER_KEYS:
-                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write {SPEC_FORM}, "
-                                    "e.g. gddim:q=2 or gddim:lam=0.5")
-            values[SAMPLER_KEYS[key]] = value
-        try:
-            for name, kind in (("order", int), ("lam", float)):
-                if name in values:
-                    values[name] = kind(values[name])
-        except ValueError:
-            raise SettingsError(f"bad number in sampler spec {spec!r}") from None
-        for name in ("corrector", "lower_order_final"):
-            if name in values and values[name] not in FLAGS:
-                raise SettingsError(f"{name} in {spec!r} must be 0 or 1, got {values[name]!r}")
-            values[name] = FLAGS.get(values.get(name))
-        return cls(method, **values)
-
-    @property
-    def label(self) -> str:
-        """The spec string, keeping only what was set (parse(label) gives the sampler back)."""
-        parts = [self.method]
-        for key, name in SAMPLER_KEYS.items():
-            value = getattr(self, name)
-            if value is None or (name == "parameterization" and value == "R"):
-                continue
-            if isinstance(value, bool):
-                value = int(value)  # flags are written 0 / 1
-            elif name == "lam":
-                value = format(value, "g")
-            parts.append(f"{key}={value}")
-        return ":".join(parts)
-
-    def options(self) -> dict:
-        """Keyword arguments of gddim.sample; unset options are left out so that sample's defaults apply."""
-        chosen = {name: getattr(self, name) for name in SAMPLER_KEYS.values()}
-        return {"method": self.method, **{k: v for k, v in chosen.items() if v is not None}}
-
+from .spec import SamplerSpec
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 
@@ -93,7 +29,7 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
     return load_images(source, "train", image_size)
 
 
-def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
+def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
              grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic") -> dict:
@@ -110,7 +46,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
-    samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
+    samplers = [s if isinstance(s, SamplerSpec) else SamplerSpec.parse(s) for s in samplers]
     real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
@@ -150,7 +86,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     return result
 
 
-def _evaluate_record(process, model, sampler: Sampler, nfe: int, n: int, seed: int, batch: int, grid, score,
+def _evaluate_record(process, model, sampler: SamplerSpec, nfe: int, n: int, seed: int, batch: int, grid, score,
                      floor) -> tuple[dict, torch.Tensor | None]:
     """One (sampler, NFE) record and its samples; every record starts from the same seed, whatever runs before it."""
     began = time.perf_counter()

@@ -20,9 +20,9 @@ from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
 from .processes import CLD, LinearProcess
+from .spec import METHODS
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 # plans kept in memory, shared by equal processes: a sweep over samplers and NFEs reuses tens of them, and a
 # BDM plan at NFE 1000 holds tens of MB

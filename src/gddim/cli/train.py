@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from ..errors import SettingsError
+from ..spec import METHODS, SPEC_FORM
 from ..training_config import TrainConfig
-from .options import (PRESET_NAMES, PROCESSES, SAMPLER_METHODS, device, integer, non_empty, non_negative, nfe_list,
+from .options import (PRESET_NAMES, PROCESSES, device, integer, non_empty, non_negative, nfe_list,
                       number, one_of, order, output_prefix, positive, positive_number, sampler_list, unit_interval)
 
 
@@ -145,7 +146,7 @@ def _run_train(args) -> int:
 # ---- sample ------------------------------------------------------------------------------------------------
 
 def _sampler_options(p) -> None:
-    p.add_argument("--method", default="gddim", choices=SAMPLER_METHODS)
+    p.add_argument("--method", default="gddim", choices=METHODS)
     p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, corrector), set: the paper's gDDIM of that order")
     p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
@@ -206,8 +207,7 @@ def _evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
-                   help='comma-separated specs method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]'
-                        '[:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data|integrate], e.g. "gddim,gddim:q=2,em"; '
+                   help=f'comma-separated specs {SPEC_FORM}, e.g. "gddim,gddim:q=2,em"; '
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
