@@ -177,7 +177,8 @@ class LinearProcess(metaclass=_BuiltOnce):
                 f"(data channels first{', then velocity' if self.k == 2 else ''})"
             )
         if self.modes > 1 and tuple(u.shape[-2:]) != self.mode_shape:
-            raise SettingsError(f"{what} has spatial size {tuple(u.shape[-2:])}; this {self.name} was built for {self.mode_shape}")
+            raise SettingsError(f"{what} has spatial size {tuple(u.shape[-2:])}; this {self.name} was built for "
+                                f"{self.mode_shape}")
 
     def to_basis(self, u: torch.Tensor) -> torch.Tensor:
         """(B, k*C, H, W) pixel layout -> (B, k, C, H, W) in the basis."""

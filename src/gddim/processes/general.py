@@ -41,7 +41,7 @@ class LinearSDE(LinearProcess):
         t_max = t_start if t_max is None else t_max
         if not 0 < t_end < t_start <= t_max:
             raise SettingsError(f"LinearSDE needs 0 < t_end < t_start <= t_max; got t_end={t_end}, "
-                             f"t_start={t_start}, t_max={t_max}")
+                                f"t_start={t_start}, t_max={t_max}")
         self.k, self.mode_shape, self.name = int(k), tuple(int(size) for size in mode_shape), name
         self.basis = DCTBasis() if basis == "dct" else IdentityBasis()
         self.t_start, self.t_end, self.t_max, self.denoise = float(t_start), float(t_end), float(t_max), bool(denoise)
@@ -54,7 +54,7 @@ class LinearSDE(LinearProcess):
                 state0.append(np.linalg.cholesky(self.sigma0))
             except np.linalg.LinAlgError:
                 raise SettingsError("sigma0 must be positive definite for k > 1 (R_0 = chol(Σ_0)); "
-                                 "add a small floor as CLD's eps_num does") from None
+                                    "add a small floor as CLD's eps_num does") from None
         self._n_parts = len(state0)
         self._solution = self._solve(np.stack(state0))
 
@@ -77,12 +77,12 @@ class LinearSDE(LinearProcess):
         for name, value, size in (("F", f, f), ("G", g, ggt)):
             if not np.all(np.isfinite(value)):
                 raise SettingsError(f"{name}(t) is not finite at t = {t:.10g}; a LinearSDE needs finite F and G on its "
-                                 f"time range [0, t_max = {self.t_max:.10g}]: fix {name} or lower t_start/t_max")
+                                    f"time range [0, t_max = {self.t_max:.10g}]: fix {name} or lower t_start/t_max")
             if np.max(np.abs(size)) * self.t_max > SINGULAR_RATE:
                 what = "|F|" if name == "F" else "|GGᵀ|"
                 raise SettingsError(f"{name}(t) is singular at t = {t:.10g}: {what} = {np.max(np.abs(size)):.3g} there, "
-                                 f"beyond what the process ODE can follow ({what}·t_max <= {SINGULAR_RATE:.0e}); "
-                                 f"end the time range before it (lower t_start/t_max) or fix {name}")
+                                    f"beyond what the process ODE can follow ({what}·t_max <= {SINGULAR_RATE:.0e}); "
+                                    f"end the time range before it (lower t_start/t_max) or fix {name}")
         return f, ggt
 
     def _solve(self, y0: np.ndarray):
@@ -99,7 +99,7 @@ class LinearSDE(LinearProcess):
         sol = solve_ivp(rhs, (0.0, self.t_max), y0.ravel(), dense_output=True, **PROCESS_ODE)
         if not sol.success:
             raise SettingsError(f"the process ODE stopped at t = {sol.t[-1]:.10g} ({sol.message}); F or G is close to "
-                             f"singular there: end the time range before it (lower t_start/t_max) or fix F and G")
+                                f"singular there: end the time range before it (lower t_start/t_max) or fix F and G")
         return lambda t: sol.sol(self._inside(t)).T.reshape(-1, *shape)
 
     def _inside(self, t) -> np.ndarray:
@@ -107,7 +107,7 @@ class LinearSDE(LinearProcess):
         t = as_times(t)
         if np.any(t < 0) or np.any(t > self.t_max):
             raise SettingsError(f"this LinearSDE is defined on t in [0, {self.t_max:.10g}] (its t_max); got times in "
-                             f"[{t.min():.10g}, {t.max():.10g}]: build it with a larger t_max to use later times")
+                                f"[{t.min():.10g}, {t.max():.10g}]: build it with a larger t_max to use later times")
         return t
 
     def F(self, t):

@@ -104,7 +104,7 @@ class DiscreteVP(VP):
         ac = frozen_array(alphas_cumprod)
         if ac.ndim != 1 or len(ac) < 2 or not np.all((ac > 0) & (ac < 1)) or np.any(np.diff(ac) > 0):
             raise SettingsError("alphas_cumprod must be a non-increasing 1-D array of at least 2 values in (0, 1) "
-                             "(zero-terminal-SNR schedules have no finite start)")
+                                "(zero-terminal-SNR schedules have no finite start)")
         self.alphas_cumprod = ac
         self.num_train_timesteps = n = len(ac)
         self._log_ab = PchipInterpolator(np.arange(n + 1) / n, np.concatenate([[0.0], np.log(ac)]), extrapolate=False)
