@@ -1,4 +1,5 @@
-"""Files written so that a crash, a kill or a full disk leaves the old version or the new one, never half of one."""
+"""Files written so that a crash, a kill or a full disk leaves the old version or the new one, never half of one;
+JSON records read back with their format and version checked."""
 
 from __future__ import annotations
 
@@ -59,3 +60,18 @@ def write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
     return path
+
+
+def read_json_record(path: Path, kind: str, format_name: str, version: int, error: type[Exception],
+                     advice: str = "") -> dict:
+    """The JSON object in path, refused with `error` (naming the file) unless it is valid JSON whose "format" is
+    format_name and whose "version" is version; `advice` ends the message of a file of another format."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{kind} {path} is corrupt (not valid JSON: {err})") from None
+    if not isinstance(record, dict) or record.get("format") != format_name:
+        raise error(f"{path} is not a gddim {kind} (no \"format\": \"{format_name}\"){advice}")
+    if record.get("version") != version:
+        raise error(f"{kind} {path} has version {record.get('version')!r}; this gddim reads {version}")
+    return record

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_folder, atomic_write_text, is_temp, write_json
+from .atomic import atomic_folder, atomic_write_text, is_temp, read_json_record, write_json
 from .data import BUILT_IN_DATA
 from .errors import CheckpointError, SettingsError
 from .networks import EpsModel
@@ -152,14 +152,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint (run folder or checkpoint folder); corrupt or foreign files give a CheckpointError."""
     folder = find_checkpoint(path)
-    try:
-        meta = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {folder}: {CONFIG} is corrupt ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / CONFIG} is not a gddim checkpoint (no \"format\": \"{FORMAT}\")")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{folder} has checkpoint version {meta.get('version')}; this gddim reads {VERSION}")
+    meta = read_json_record(folder / CONFIG, "checkpoint", FORMAT, VERSION, CheckpointError)
     for record in ("process", "network"):
         if not isinstance(meta.get(record), dict):
             raise CheckpointError(f"{folder / CONFIG} lacks its \"{record}\" record")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import read_json_record, write_json
 from .errors import SettingsError
 from .processes import LinearProcess
 
@@ -45,14 +45,7 @@ def write_grid_file(path: str | Path, record: dict) -> Path:
 def read_grid_file(path: str | Path) -> dict:
     """A grid file's record, every field checked; a clear SettingsError names what is wrong."""
     path = Path(path).expanduser()
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SettingsError(f"grid file {path} is not valid JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise SettingsError(f"{path} is not a gddim grid file (no \"format\": \"{FORMAT}\"); make one with gddim tune-grid")
-    if record.get("version") != VERSION:
-        raise SettingsError(f"grid file {path} has version {record.get('version')!r}; this gddim reads {VERSION}")
+    record = read_json_record(path, "grid file", FORMAT, VERSION, SettingsError, "; make one with gddim tune-grid")
     missing = [key for key in ("times", "nfe", "steps", "process") if key not in record]
     if missing:
         raise SettingsError(f"grid file {path} lacks the field(s) {missing}")
