@@ -32,10 +32,12 @@ BUILDS = {
     "cld": lambda: gddim.CLD(),
     "bdm": lambda: gddim.BDM(image_size=4),
     "linear": linear_sde,
+    "flow": lambda: gddim.FlowMatching(),
 }
 # for each process, a parameter of its config and a value it could take
 CHANGES = {"vp": ("beta_max", 10.0), "vp-cosine": ("cosine_s", 0.01), "vp-discrete": ("t_start", 0.5),
-           "cld": ("m_inv", 2.0), "bdm": ("sigma_blur_max", 1.0), "linear": ("t_end", 0.01)}
+           "cld": ("m_inv", 2.0), "bdm": ("sigma_blur_max", 1.0), "linear": ("t_end", 0.01),
+           "flow": ("t_end", 0.01)}
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserFileError
+
 
 def temp_name(path: Path) -> Path:
     """Where path is written before its rename into place; is_temp recognizes the leftovers of a crash."""
@@ -57,7 +59,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
     """obj as JSON (UTF-8, a final newline) written atomically; its folder is made if missing."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
     return path
 
@@ -65,13 +67,26 @@ def write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
 def read_json_record(path: Path, kind: str, format_name: str, version: int, error: type[Exception],
                      advice: str = "") -> dict:
     """The JSON object in path, refused with `error` (naming the file) unless it is valid JSON whose "format" is
-    format_name and whose "version" is version; `advice` ends the message of a file of another format."""
+    format_name and whose "version" is version (a file that cannot be read is a UserFileError); `advice` ends the
+    message of a file of another format."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise UserFileError(f"{kind} {path} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{kind} {path} is corrupt (not valid JSON: {err})") from None
     if not isinstance(record, dict) or record.get("format") != format_name:
         raise error(f"{path} is not a gddim {kind} (no \"format\": \"{format_name}\"){advice}")
     if record.get("version") != version:
         raise error(f"{kind} {path} has version {record.get('version')!r}; this gddim reads {version}")
     return record
+
+
+def make_folder(path: Path) -> Path:
+    """path as a folder, made with its parents if missing; a place that cannot hold one is the user's to change."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserFileError(f"cannot make the folder {path} ({err.strerror or err}: {err.filename or path}); "
+                            "choose another output place") from None
+    return path
