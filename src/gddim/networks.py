@@ -182,7 +182,8 @@ class EpsModel(nn.Module):
             yield
             return
         previous = self.gain_table
-        table_times = torch.as_tensor(times, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        time_dtype = torch.promote_types(like.dtype, torch.float32)
+        table_times = torch.tensor(np.asarray(times), dtype=time_dtype, device=like.device)  # plans are read-only
         self.gain_table = (table_times, self._gains(np.asarray(times), like.dtype, like.device))
         try:
             yield
