@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import machine_info
 from gddim.networks import EpsModel, preset
 from gddim.processes import make_process
 from gddim.spec import SamplerSpec

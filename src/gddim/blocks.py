@@ -36,13 +36,18 @@ def solve_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return transpose(np.linalg.solve(transpose(b), transpose(a)))
 
 
+def eps_drift(ggt: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """½ GGᵀ K⁻ᵀ for blocks GGᵀ and a square root K of Σ: ε's term in the probability-flow drift and in R's ODE."""
+    return 0.5 * ggt @ transpose(np.linalg.inv(root))
+
+
 def to_torch(a: np.ndarray, mode_shape: tuple[int, int], dtype=torch.float64, device=None) -> torch.Tensor:
     """(..., M, k, k) float64 numpy -> (..., k, k, h, w) torch in the model's dtype."""
     *lead, m, k, _ = a.shape
     h, w = mode_shape
     if m != h * w:
         raise ValueError(f"block array has {m} modes but the mode shape is {mode_shape}")
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, (-3), -1)))  # (..., k, k, M)
+    t = torch.tensor(np.moveaxis(a, -3, -1))  # (..., k, k, M), a copy: plans kept in memory are read-only
     return t.reshape(*lead, k, k, h, w).to(dtype=dtype, device=device)
 
 

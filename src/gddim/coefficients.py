@@ -20,7 +20,11 @@ from . import blocks
 from .errors import SettingsError
 from .processes import LinearProcess
 
-GAUSS_NODES, GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(8)
+GAUSS_POINTS = 8  # per panel of the Gauss-Legendre rule
+GAUSS_NODES, GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(GAUSS_POINTS)
+# panels over a whole grid: one 8-point panel per step misses BDM's blur transition by 2e-3 at NFE 5
+MIN_PANELS_PER_GRID = 64
+L_PANELS_PER_STEP = 16  # the L integrand has no antiderivative to integrate by parts: finer panels
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def by_parts(nodes: np.ndarray, t: np.ndarray, s: np.ndarray, at_t: np.ndarray, 
 
 
 def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and signed weights (n, 8*panels) of ∫_t^s; panels are geometric since integrands vary on the scale of τ.
+    """Nodes and signed weights (n, GAUSS_POINTS*panels) of ∫_t^s; panels are geometric since integrands vary on the scale of τ.
 
     The rule is Gauss-Legendre in w = √τ (τ = w², dτ = 2w dw): R_τ ~ √τ near τ = 0 (VP, BDM) is smooth in w,
     so steps that end at or near τ = 0 keep full accuracy (in τ they lose 3-4 digits).
@@ -146,6 +150,11 @@ def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1) -> tuple[np.nd
     nodes = a + (b - a) * (GAUSS_NODES + 1) / 2
     weights = (b - a) / 2 * GAUSS_WEIGHTS * 2 * nodes
     return (nodes**2).reshape(len(t), -1), weights.reshape(len(t), -1)
+
+
+def grid_quadrature(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gauss_legendre with enough panels per step for MIN_PANELS_PER_GRID over the grid's steps."""
+    return gauss_legendre(t, s, panels=-(-MIN_PANELS_PER_GRID // len(t)))
 
 
 def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 0, parameterization: str = "R") -> Recursion:
@@ -166,8 +175,7 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         if order == 0:
             C[:, 0] = boundary
         else:
-            # ≥ 64 panels per grid: one 8-point panel per step misses BDM's blur transition by 2e-3 at NFE 5
-            tau, w = gauss_legendre(t, s, panels=-(-64 // n))
+            tau, w = grid_quadrature(t, s)
             m = tau.shape[1]
             psi_r = (process.psi(np.repeat(s, m), tau.ravel()) @ process.R(tau.ravel())).reshape(n, m, *A.shape[1:])
             at_t = A @ Rt[:-1]
@@ -175,11 +183,10 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
                 C[idx, : nodes.shape[1]] = by_parts(nodes, t[idx], s[idx], at_t[idx], Rt[idx + 1], tau[idx], w[idx],
                                                     psi_r[idx])
     elif parameterization == "L":
-        panels = 16
-        tau, w = gauss_legendre(t, s, panels)
+        tau, w = gauss_legendre(t, s, L_PANELS_PER_STEP)
         p = tau.shape[1]
         flat = tau.ravel()
-        integrand = process.psi(np.repeat(s, p), flat) @ (0.5 * process.GGT(flat) @ blocks.transpose(np.linalg.inv(process.L(flat))))
+        integrand = process.psi(np.repeat(s, p), flat) @ process.eps_drift(flat, "L")
         integrand = integrand.reshape(n, p, *A.shape[1:])
         for idx, nodes in _history_nodes(ts, warmup_degrees(n, order)):
             value, _ = lagrange_basis(nodes, tau[idx])
@@ -245,11 +252,9 @@ def euler_maruyama(process: LinearProcess, ts: np.ndarray, lam: float) -> Recurs
     """
     t, s = ts[:-1], ts[1:]
     h = (s - t)[:, None, None, None]
-    eye = blocks.eye(process.modes, process.k)
-    ggt = process.GGT(t)
-    A = eye + h * process.F(t)
-    C = ((1 + lam**2) / 2 * h * ggt @ blocks.transpose(np.linalg.inv(process.R(t))))[:, None]
-    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(ggt) if lam > 0 else None
+    A = blocks.eye(process.modes, process.k) + h * process.F(t)
+    C = ((1 + lam**2) * h * process.eps_drift(t))[:, None]
+    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(process.GGT(t)) if lam > 0 else None
     return Recursion(times=t, next_times=s, A=A, C=C, S=S)
 
 

@@ -12,6 +12,23 @@ from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
 GRIDS = ("quadratic", "uniform", "logsnr", "tuned")
+BISECTION_HALVINGS = 64  # from a unit interval, 64 halvings reach float64 resolution
+# how far above t = 1 an explicit grid may start: times found by inverting ᾱ (peers) land up to 3e-8 above 1
+GRID_END_SLACK = 1e-6
+
+
+def invert_decreasing(f, targets, lo: float, hi: float) -> np.ndarray:
+    """The times t in [lo, hi] with f(t) = targets for a function f decreasing in t, by vectorized bisection.
+
+    f takes and returns float64 arrays of the targets' shape; a target outside f's range ends at lo or hi.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    lo, hi = np.full_like(targets, lo), np.full_like(targets, hi)
+    for _ in range(BISECTION_HALVINGS):
+        mid = 0.5 * (lo + hi)
+        above = f(mid) > targets
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.ndarray:
@@ -25,12 +42,7 @@ def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.n
 def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
     """Uniform in the process's log-SNR, inverted by vectorized bisection in float64."""
     targets = np.linspace(process.log_snr(t_start)[0], process.log_snr(t_end)[0], n_steps + 1)
-    lo, hi = np.full_like(targets, t_end), np.full_like(targets, t_start)
-    for _ in range(60):  # log-SNR decreases in t; 60 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_snr(mid) > targets
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    ts = 0.5 * (lo + hi)
+    ts = invert_decreasing(process.log_snr, targets, t_end, t_start)
     ts[0], ts[-1] = t_start, t_end
     return ts
 
@@ -47,7 +59,7 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         ts = np.asarray(grid, dtype=np.float64)
         if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):
             raise SettingsError("an explicit grid must be a strictly decreasing 1-D sequence of at least 2 times")
-        if not (0 < ts[-1] and ts[0] <= 1 + 1e-6):  # times found by inverting ᾱ (peers) land up to 3e-8 above 1
+        if not (0 < ts[-1] and ts[0] <= 1 + GRID_END_SLACK):
             raise SettingsError(f"an explicit grid must lie in (0, 1], the processes' time range; got times from "
                              f"{ts[0]:.6g} down to {ts[-1]:.6g}")
         return ts

@@ -16,6 +16,7 @@ import scipy.stats
 
 from .errors import SettingsError
 from .grid_files import grid_file_times, read_grid_file
+from .grids import invert_decreasing
 from .processes import DiscreteVP, VP
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -172,9 +173,4 @@ def time_of_alpha_bar(process: VP, alpha_bar, t_max: float = 1.0) -> np.ndarray:
         raise SettingsError(f"ᾱ outside {process.name}'s range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]: "
                             "ask only for noise levels it reaches (a model's process must stay within the ᾱ of "
                             "its training schedule)")
-    lo, hi = np.zeros_like(target), np.full_like(target, t_max)
-    for _ in range(64):  # 64 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_alpha_bar(mid.ravel()).reshape(mid.shape) > target
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+    return invert_decreasing(lambda t: process.log_alpha_bar(t.ravel()).reshape(t.shape), target, 0.0, t_max)

@@ -8,6 +8,7 @@ loop calls it).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .processes import CLD, LinearProcess
 from .spec import METHODS
 
 MAX_ORDER = 3
+# plans kept in memory, shared by equal processes: a sweep over samplers and NFEs reuses tens of them, and a
+# BDM plan at NFE 1000 holds tens of MB
+PLAN_CACHE_SIZE = 32
 
 
 def _check_order_and_lam(order: int, lam: float, prediction: str) -> None:
@@ -117,7 +121,7 @@ def _check_options(process: LinearProcess, method: str, order: int, lam: float, 
 def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None, lam: float | None = None,
          parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None, **options) -> Recursion:
-    """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process.
+    """The coefficients of one sampler on one grid, built once in float64 and kept in memory (cached_plan).
 
     options: the Multistep fields (prediction, corrector, interpolation, lower_order_final, final_step); unset
     ones and order=None take the defaults of `sample`.
@@ -130,16 +134,25 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     multistep.check_start(process, ts, fast.output, fast.interpolation)
-    key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
-    cache = process.__dict__.setdefault("_plans", {})
-    if key not in cache:
-        rec = integrator(process, ts, method, order, lam, parameterization, fast)
-        if fast.final_step == "data":
-            rec = rec.then(multistep.final_data_step(process, ts[-1], fast.output))
-        elif denoise:
-            rec = rec.then(coefficients.denoising_step(process, ts[-1]))
-        cache[key] = rec
-    return cache[key]
+    times = tuple(ts.tolist())
+    return cached_plan(process, times, method, order, lam, parameterization, denoise, fast)
+
+
+@lru_cache(maxsize=PLAN_CACHE_SIZE)
+def cached_plan(process: LinearProcess, times: tuple[float, ...], method: str, order: int, lam: float,
+                parameterization: str, denoise: bool, options: Multistep) -> Recursion:
+    """The plan of checked settings, kept for the PLAN_CACHE_SIZE latest keys; equal processes (equal configs)
+    share entries, and a process with other parameters is another key (processes are immutable)."""
+    ts = np.array(times)
+    rec = integrator(process, ts, method, order, lam, parameterization, options)
+    if options.final_step == "data":
+        rec = rec.then(multistep.final_data_step(process, ts[-1], options.output))
+    elif denoise:
+        rec = rec.then(coefficients.denoising_step(process, ts[-1]))
+    for array in vars(rec).values():  # a shared entry: no caller may change it for the others
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    return rec
 
 
 def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", order: int = 0, lam: float = 0.0,
@@ -368,7 +381,7 @@ def probability_flow(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t
     def rhs(t, flat):
         y = torch.from_numpy(flat).reshape(y0.shape)
         f = process.blocks(process.F(t)[0], y)
-        drift = process.blocks(0.5 * process.GGT(t)[0] @ np.linalg.inv(process.R(t)[0]).transpose(0, 2, 1), y)
+        drift = process.blocks(process.eps_drift(t)[0], y)
         return (blocks.apply(f, y) + blocks.apply(drift, model(y, t, model.calls))).ravel().numpy()
 
     sol = solve_ivp(rhs, (t_start, t_end), y0.ravel().numpy(), method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)
