@@ -15,7 +15,7 @@ from ..spec import METHODS, SamplerSpec
 
 PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
-GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
+GRID_NAMES = ("quadratic", "uniform", "logsnr", "karras", "tuned")  # gddim.grids.GRIDS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 

@@ -158,8 +158,9 @@ def _form(args) -> dict:
 
 
 def _grid_option(p) -> None:
-    p.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, logsnr, tuned (shipped, "
-                   "tuned on exact scores) or a grid file from `gddim tune-grid` (tuned for this model and NFE)")
+    p.add_argument("--grid", type=non_empty, default="quadratic",
+                   help="time grid: quadratic (default), uniform, logsnr, karras, tuned (shipped, tuned on exact "
+                   "scores) or a grid file from `gddim tune-grid` (tuned for this model and NFE)")
 
 
 def _sample_parser(subparsers) -> None:

@@ -91,6 +91,16 @@ class LinearProcess:
         noise = np.trace(self.sigma(t), axis1=-2, axis2=-1)
         return np.log(signal / noise).mean(axis=-1)
 
+    def time_of_log_snr(self, log_snr, t_low: float, t_high: float) -> np.ndarray:
+        """The times in [t_low, t_high] where log_snr(t) takes the given values, by vectorized bisection in float64."""
+        targets = np.asarray(log_snr, dtype=np.float64)
+        lo, hi = np.full_like(targets, t_low), np.full_like(targets, t_high)
+        for _ in range(60):  # log-SNR decreases in t; 60 halvings reach float64 resolution
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid.ravel()).reshape(mid.shape) > targets
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
     def config(self) -> dict:
         raise NotImplementedError
 

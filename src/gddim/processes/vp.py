@@ -31,7 +31,7 @@ class VP(LinearProcess):
         self.t_end = t_end
         if t_start is None:
             # the cosine ᾱ reaches 0 at t = 1, so start where σ/α = 80 as BDM does (MATH §4.3)
-            t_start = 1.0 if schedule == "linear" else self._time_of_alpha_bar(1.0 / (1.0 + 80.0**2))
+            t_start = 1.0 if schedule == "linear" else float(self._time_of_alpha_bar(1.0 / (1.0 + 80.0**2)))
         self.t_start = t_start
 
     def _phase(self, t):
@@ -53,9 +53,18 @@ class VP(LinearProcess):
             return self.beta_min + t * (self.beta_max - self.beta_min)
         return np.tan(self._phase(t)) * math.pi / (1 + self.cosine_s)
 
-    def _time_of_alpha_bar(self, alpha_bar: float) -> float:
-        c = math.sqrt(alpha_bar) * math.cos(self._phase(0.0))
-        return math.acos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+    def _time_of_alpha_bar(self, alpha_bar):
+        c = np.sqrt(alpha_bar) * math.cos(self._phase(0.0))
+        return np.arccos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+
+    def time_of_log_snr(self, log_snr, t_low: float = 0.0, t_high: float = 1.0) -> np.ndarray:
+        """Closed form: -log ᾱ = softplus(-λ), then the schedule's inverse (the bounds are not needed)."""
+        minus_log_ab = np.logaddexp(0.0, -np.asarray(log_snr, dtype=np.float64))
+        if self.schedule == "cosine":
+            return self._time_of_alpha_bar(np.exp(-minus_log_ab))
+        # the root of ½(β_max - β_min)t² + β_min t = -log ᾱ, written without cancellation
+        slope = self.beta_max - self.beta_min
+        return 2 * minus_log_ab / (self.beta_min + np.sqrt(self.beta_min**2 + 2 * slope * minus_log_ab))
 
     def F(self, t):
         return _block(-0.5 * self.beta(t))
@@ -119,6 +128,8 @@ class DiscreteVP(VP):
 
     def beta(self, t) -> np.ndarray:
         return -self._d_log_ab(self._inside(t))
+
+    time_of_log_snr = LinearProcess.time_of_log_snr  # VP's closed form does not hold for an interpolated schedule
 
     def time_of_timestep(self, timestep) -> np.ndarray:
         return (np.asarray(timestep, dtype=np.float64) + 1) / self.num_train_timesteps
