@@ -82,6 +82,16 @@ def test_karras_grid_of_vp_matches_the_peers_sigma_ramp():
     np.testing.assert_allclose(np.sqrt((1 - ab) / ab), ramp, rtol=1e-12)
 
 
+@pytest.mark.parametrize("grid", ["logsnr", "karras"])
+def test_log_snr_grids_need_finite_ends(grid):
+    """Flow matching has log-SNR -inf at t = 1: the log-SNR grids refuse that start and work from just below it."""
+    process = gddim.FlowMatching()
+    with pytest.raises(gddim.errors.SettingsError, match="finite log-SNR"):
+        time_grid(process, 5, grid)
+    ts = time_grid(process, 5, grid, t_start=0.999)
+    assert ts[0] == 0.999 and ts[-1] == process.t_end and np.all(np.diff(ts) < 0)
+
+
 def test_grid_respects_t_start_and_t_end():
     process = ref.build("vp-linear")
     ts = time_grid(process, 5, "quadratic", t_start=0.5, t_end=0.01)

@@ -25,16 +25,25 @@ def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.n
 
 def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
     """Uniform in the process's log-SNR."""
-    targets = np.linspace(process.log_snr(t_start)[0], process.log_snr(t_end)[0], n_steps + 1)
-    return _times_of_log_snr(process, targets, t_start, t_end)
+    first, last = _log_snr_ends(process, "logsnr", t_start, t_end)
+    return _times_of_log_snr(process, np.linspace(first, last, n_steps + 1), t_start, t_end)
 
 
 def karras_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int,
                 rho: float = KARRAS_RHO) -> np.ndarray:
     """Uniform in σ^{1/ρ} with σ = exp(-λ/2) the noise-to-signal ratio (VP: √((1-ᾱ)/ᾱ)), Karras et al.'s ramp."""
-    a, b = np.exp(-process.log_snr(np.array([t_start, t_end])) / (2 * rho))
+    a, b = np.exp(-_log_snr_ends(process, "karras", t_start, t_end) / (2 * rho))
     roots = a + np.arange(n_steps + 1) / n_steps * (b - a)  # σ^{1/ρ}, and λ = -2ρ log σ^{1/ρ}
     return _times_of_log_snr(process, -2 * rho * np.log(roots), t_start, t_end)
+
+
+def _log_snr_ends(process: LinearProcess, grid: str, t_start: float, t_end: float) -> np.ndarray:
+    """The log-SNR at t_start and t_end, which the log-SNR grids need finite (flow matching has -inf at t = 1)."""
+    ends = process.log_snr(np.array([t_start, t_end]))
+    if not np.all(np.isfinite(ends)):
+        raise SettingsError(f"grid {grid!r} needs a finite log-SNR at both ends, got {ends[0]:.3g} at t_start={t_start} "
+                            f"and {ends[1]:.3g} at t_end={t_end}: pass t_start below the zero-SNR time, e.g. 0.999")
+    return ends
 
 
 def _times_of_log_snr(process: LinearProcess, targets: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
