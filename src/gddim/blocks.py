@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+BISECTION_HALVINGS = 64  # from a unit interval, 64 halvings reach float64 resolution
+
 
 def eye(m: int, k: int) -> np.ndarray:
     return np.broadcast_to(np.eye(k), (m, k, k)).copy()
@@ -65,3 +67,17 @@ def add_applied(out: torch.Tensor, block: torch.Tensor, y: torch.Tensor) -> torc
     if block.shape[-3] == 1:
         return torch.addcmul(out, block[None] if block.ndim == 4 else block, y)
     return out + apply(block, y)
+
+
+def invert_decreasing(f, targets, lo: float, hi: float) -> np.ndarray:
+    """The times t in [lo, hi] with f(t) = targets for a function f decreasing in t, by vectorized bisection.
+
+    f takes and returns float64 arrays of the targets' shape; a target outside f's range ends at lo or hi.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    lo, hi = np.full_like(targets, lo), np.full_like(targets, hi)
+    for _ in range(BISECTION_HALVINGS):
+        mid = 0.5 * (lo + hi)
+        above = f(mid) > targets
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return 0.5 * (lo + hi)

@@ -11,24 +11,10 @@ from .errors import SettingsError
 from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
-GRIDS = ("quadratic", "uniform", "logsnr", "tuned")
-BISECTION_HALVINGS = 64  # from a unit interval, 64 halvings reach float64 resolution
+GRIDS = ("quadratic", "uniform", "logsnr", "karras", "tuned")
+KARRAS_RHO = 7.0  # the ρ of Karras et al. (EDM) and of diffusers' use_karras_sigmas
 # how far above t = 1 an explicit grid may start: times found by inverting ᾱ (peers) land up to 3e-8 above 1
 GRID_END_SLACK = 1e-6
-
-
-def invert_decreasing(f, targets, lo: float, hi: float) -> np.ndarray:
-    """The times t in [lo, hi] with f(t) = targets for a function f decreasing in t, by vectorized bisection.
-
-    f takes and returns float64 arrays of the targets' shape; a target outside f's range ends at lo or hi.
-    """
-    targets = np.asarray(targets, dtype=np.float64)
-    lo, hi = np.full_like(targets, lo), np.full_like(targets, hi)
-    for _ in range(BISECTION_HALVINGS):
-        mid = 0.5 * (lo + hi)
-        above = f(mid) > targets
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
 
 
 def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.ndarray:
@@ -40,10 +26,31 @@ def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.n
 
 
 def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
-    """Uniform in the process's log-SNR, inverted by vectorized bisection in float64."""
-    targets = np.linspace(process.log_snr(t_start)[0], process.log_snr(t_end)[0], n_steps + 1)
-    ts = invert_decreasing(process.log_snr, targets, t_end, t_start)
-    ts[0], ts[-1] = t_start, t_end
+    """Uniform in the process's log-SNR."""
+    first, last = _log_snr_ends(process, "logsnr", t_start, t_end)
+    return _times_of_log_snr(process, np.linspace(first, last, n_steps + 1), t_start, t_end)
+
+
+def karras_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int,
+                rho: float = KARRAS_RHO) -> np.ndarray:
+    """Uniform in σ^{1/ρ} with σ = exp(-λ/2) the noise-to-signal ratio (VP: √((1-ᾱ)/ᾱ)), Karras et al.'s ramp."""
+    a, b = np.exp(-_log_snr_ends(process, "karras", t_start, t_end) / (2 * rho))
+    roots = a + np.arange(n_steps + 1) / n_steps * (b - a)  # σ^{1/ρ}, and λ = -2ρ log σ^{1/ρ}
+    return _times_of_log_snr(process, -2 * rho * np.log(roots), t_start, t_end)
+
+
+def _log_snr_ends(process: LinearProcess, grid: str, t_start: float, t_end: float) -> np.ndarray:
+    """The log-SNR at t_start and t_end, which the log-SNR grids need finite (flow matching has -inf at t = 1)."""
+    ends = process.log_snr(np.array([t_start, t_end]))
+    if not np.all(np.isfinite(ends)):
+        raise SettingsError(f"grid {grid!r} needs a finite log-SNR at both ends, got {ends[0]:.3g} at t_start={t_start} "
+                            f"and {ends[1]:.3g} at t_end={t_end}: pass t_start below the zero-SNR time, e.g. 0.999")
+    return ends
+
+
+def _times_of_log_snr(process: LinearProcess, targets: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    ts = process.time_of_log_snr(targets, t_end, t_start)
+    ts[0], ts[-1] = t_start, t_end  # exact endpoints despite the inverse's round-off
     return ts
 
 
@@ -75,6 +82,8 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         return power_grid(t_start, t_end, n_steps, 1.0)
     if grid == "logsnr":
         return logsnr_grid(process, t_start, t_end, n_steps)
+    if grid == "karras":
+        return karras_grid(process, t_start, t_end, n_steps)
     if grid == "tuned":
         return tuned_grid(process, n_steps, t_start, t_end)
     raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS}, a grid file or a sequence of times")

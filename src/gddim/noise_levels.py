@@ -14,9 +14,9 @@ import diffusers
 import numpy as np
 import scipy.stats
 
+from .blocks import invert_decreasing
 from .errors import SettingsError
 from .grid_files import grid_file_times, read_grid_file
-from .grids import invert_decreasing
 from .processes import DiscreteVP, VP
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

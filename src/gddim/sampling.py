@@ -274,8 +274,8 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
     parameterization "R" or "L"), "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family,
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
-    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "tuned" (tuned on exact scores, shipped with
-    gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
+    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "tuned"
+    (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
     The default (no order, no λ): gDDIM of order DEFAULT_ORDER (3; lower when nfe leaves too few steps) with

@@ -143,6 +143,10 @@ class LinearProcess(metaclass=_BuiltOnce):
         noise = np.trace(self.sigma(t), axis1=-2, axis2=-1)
         return np.log(signal / noise).mean(axis=-1)
 
+    def time_of_log_snr(self, log_snr, t_low: float, t_high: float) -> np.ndarray:
+        """The times in [t_low, t_high] where log_snr(t) takes the given values, by vectorized bisection in float64."""
+        return blocks.invert_decreasing(lambda t: self.log_snr(t.ravel()).reshape(t.shape), log_snr, t_low, t_high)
+
     def config(self) -> dict:
         raise NotImplementedError
 

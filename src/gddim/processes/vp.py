@@ -57,9 +57,18 @@ class VP(LinearProcess):
             return self.beta_min + t * (self.beta_max - self.beta_min)
         return np.tan(self._phase(t)) * math.pi / (1 + self.cosine_s)
 
-    def _time_of_alpha_bar(self, alpha_bar: float) -> float:
-        c = math.sqrt(alpha_bar) * math.cos(self._phase(0.0))
-        return math.acos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+    def _time_of_alpha_bar(self, alpha_bar):
+        c = np.sqrt(alpha_bar) * math.cos(self._phase(0.0))
+        return np.arccos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+
+    def time_of_log_snr(self, log_snr, t_low: float = 0.0, t_high: float = 1.0) -> np.ndarray:
+        """Closed form: -log ᾱ = softplus(-λ), then the schedule's inverse (the bounds are not needed)."""
+        minus_log_ab = np.logaddexp(0.0, -np.asarray(log_snr, dtype=np.float64))
+        if self.schedule == "cosine":
+            return self._time_of_alpha_bar(np.exp(-minus_log_ab))
+        # the root of ½(β_max - β_min)t² + β_min t = -log ᾱ, written without cancellation
+        slope = self.beta_max - self.beta_min
+        return 2 * minus_log_ab / (self.beta_min + np.sqrt(self.beta_min**2 + 2 * slope * minus_log_ab))
 
     def F(self, t):
         return _block(-0.5 * self.beta(t))
@@ -123,6 +132,8 @@ class DiscreteVP(VP):
 
     def beta(self, t) -> np.ndarray:
         return -self._d_log_ab(self._inside(t))
+
+    time_of_log_snr = LinearProcess.time_of_log_snr  # VP's closed form does not hold for an interpolated schedule
 
     def time_of_timestep(self, timestep) -> np.ndarray:
         return (np.asarray(timestep, dtype=np.float64) + 1) / self.num_train_timesteps
