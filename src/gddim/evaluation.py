@@ -21,6 +21,7 @@ from .data import load_images
 from .errors import SettingsError
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .networks import EpsModel
+from .noise import SampleNoise
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
 from .training import Checkpoint, load_checkpoint
@@ -93,26 +94,28 @@ class Sampler:
 
 def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim",
                   order: int | None = None, lam: float | None = None, parameterization: str = "R", seed: int = 0,
-                  batch: int = 500, device=None, progress: bool = False, grid="quadratic", **options) -> torch.Tensor:
-    """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise.
+                  batch: int = 500, device=None, progress: bool = False, grid="quadratic", first: int = 0,
+                  **options) -> torch.Tensor:
+    """Samples first .. first+n-1 of the seed, (n, C, H, W) on the CPU. Sample k draws its starting noise and its
+    steps' noise from a generator keyed on (seed, k) (gddim.noise): every sampler starts from the same noise, and
+    a sample does not depend on the batch, shard or process that makes it.
 
     grid: any grid of gddim.sample, e.g. "tuned" or the path of a grid file from gddim tune-grid; options: the
     multistep options of gddim.sample (prediction, corrector, ...)."""
-    if n < 1 or batch < 1:
-        raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+    if n < 1 or batch < 1 or first < 0:
+        raise SettingsError(f"need n >= 1, batch >= 1 and first >= 0, got n={n}, batch={batch}, first={first}")
     weight = next(model.parameters())
     device = torch.device(device) if device is not None else weight.device
     model = model.to(device).eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # a half-precision network still gets a float32 state: the recursion's cancellations need it
+    dtype = torch.promote_types(weight.dtype, torch.float32)
     out = []
     with torch.no_grad():
-        for start in range(0, n, batch):
-            shape = (min(batch, n - start), model.data_channels, model.image_size, model.image_size)
-            # a half-precision network still gets a float32 state: the recursion's cancellations need it
-            u_T = process.prior_sample(shape, generator=generator, dtype=torch.promote_types(weight.dtype, torch.float32),
-                                       device=device)
+        for start in range(first, first + n, batch):
+            noise = SampleNoise(seed, range(start, min(start + batch, first + n)), device)
+            u_T = noise.prior(process, (model.data_channels, model.image_size, model.image_size), dtype)
             out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization, grid=grid,
-                              generator=generator, progress=progress, **options).cpu())
+                              generator=noise, progress=progress, **options).cpu())
     return torch.cat(out)
 
 

@@ -18,6 +18,7 @@ from . import blocks, coefficients, multistep
 from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
+from .noise import SampleNoise
 from .processes import CLD, LinearProcess
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -242,9 +243,12 @@ def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> _
     return _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
 
 
-def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def standard_normal(like: torch.Tensor, generator: torch.Generator | SampleNoise | None) -> torch.Tensor:
     """Noise shaped like `like`, drawn in float64 and cast to its dtype: one seed gives the same draws whatever the
-    state's precision (torch draws float32 and float64 from different streams), as prior_sample does."""
+    state's precision (torch draws float32 and float64 from different streams), as prior_sample does.
+    A SampleNoise draws each sample's row from that sample's own generator."""
+    if isinstance(generator, SampleNoise):
+        return generator.normal(like)
     return torch.randn(like.shape, generator=generator, dtype=torch.float64, device=like.device).to(like.dtype)
 
 
@@ -320,7 +324,7 @@ def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
            order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
-           generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
+           generator: torch.Generator | SampleNoise | None = None, progress: bool = False, return_state: bool = False,
            **options) -> torch.Tensor:
     """Sample from u_T with `nfe` network calls; returns data x (B, C, H, W), or the whole state.
 
@@ -329,6 +333,7 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
     grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "tuned" (tuned on exact scores, shipped with
     gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
+    generator: the stochastic samplers' noise; a gddim.noise.SampleNoise draws each sample's from its own stream.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
     The default (no order, no λ): gDDIM of order DEFAULT_ORDER (3; lower when nfe leaves too few steps) with
