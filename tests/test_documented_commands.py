@@ -52,7 +52,7 @@ class Smoke:
 
 
 SMOKE = {
-    QUICKSTART: Smoke(("--steps", "2", "--n", "8")),
+    QUICKSTART: Smoke(("--steps", "2", "--num-samples", "8")),
     "python benchmarks/tune_default_grids.py":
         Smoke(("--batch", "4", "--candidates", "8", "--max-steps", "3", "--processes", "vp", "--out",
                "benchmarks/tuned_default_grids")),
@@ -96,9 +96,9 @@ SMOKE = {
     CIFAR_TRAIN: Smoke(("--data", "digits", "--preset", "tiny", "--steps", "2", "--batch", "4", "--ckpt-every", "1",
                         "--no-progress"), replace=(("--nproc_per_node=8", "--nproc_per_node=2"),)),
     # --inception needs torch-fidelity's weights file, which nothing here may download; the rest runs as written
-    "gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --n 50000 --batch 1000 --device cuda "
+    "gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --num-samples 50000 --batch 1000 --device cuda "
     "--data cifar10:/path/to/cifar-10-batches-py --inception /path/to/weights-inception-2015-12-05-6726825d.pth "
-    "--out runs/cifar10_cld_paper/fid50k": Smoke(("--nfe", "5", "--n", "4", "--batch", "4", "--device", "cpu", "--data",
+    "--out runs/cifar10_cld_paper/fid50k": Smoke(("--nfe", "5", "--num-samples", "4", "--batch", "4", "--device", "cpu", "--data",
                                                  "digits"), drop=("--inception",), after=CIFAR_TRAIN),
 }
 # benchmark scripts that no README block runs: (command, the documented command whose output it reads)

@@ -230,7 +230,7 @@ def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_r
 
     counted.interrupt = True
     monkeypatch.setattr(evaluation, "sample_images", counted)
-    assert main(["evaluate", str(small_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--n", "8",
+    assert main(["evaluate", str(small_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--num-samples", "8",
                  "--out", str(tmp_path / "split")]) == 130  # Ctrl-C during the third record
     assert f"interrupted; the finished records are in {tmp_path / 'split' / 'metrics.json'}" in capsys.readouterr().err
     kept = json.loads((tmp_path / "split" / "metrics.json").read_text())
@@ -251,7 +251,7 @@ def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_r
 
 def test_sample_never_overwrites_earlier_output_silently(small_run, tmp_path, capsys):
     prefix = tmp_path / "s"
-    command = ["sample", str(small_run), "--nfe", "4", "--n", "3", "--out", str(prefix)]
+    command = ["sample", str(small_run), "--nfe", "4", "--num-samples", "3", "--out", str(prefix)]
     assert main(command) == 0
     earlier = {ext: prefix.with_suffix(ext).read_bytes() for ext in (".png", ".npz")}
     capsys.readouterr()

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                               "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
     p.add_argument("--out", type=non_empty, required=True, help="output folder (new, or a quickstart folder to finish)")
     p.add_argument("--steps", type=positive, default=2000, help="training steps (default 2000)")
-    p.add_argument("--n", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 (default 500; "
+    p.add_argument("--num-samples", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 (default 500; "
                    "the floor takes twice as many of the 1500 training digits)")
     p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(run=_run_quickstart)
@@ -163,7 +163,7 @@ def _sample_parser(subparsers) -> None:
     _sampler_options(p)
     _grid_option(p)
     p.add_argument("--nfe", type=positive, default=50)
-    p.add_argument("--n", type=positive, default=64, help="number of samples")
+    p.add_argument("--num-samples", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
     p.add_argument("--out", type=output_prefix, required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
@@ -184,10 +184,10 @@ def _run_sample(args) -> int:
                               "choose another --out, or pass --overwrite to replace what is there")
     if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
         model = load_unet_eps(args.checkpoint, device=args.device)
-        images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
+        images = sample_images(model.process, model, args.num_samples, args.nfe, args.method, args.order, args.lam, args.param,
                                args.seed, args.batch, args.device, grid=args.grid, **_form(args))
     else:
-        images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
+        images = sample_from_checkpoint(args.checkpoint, args.num_samples, args.method, args.nfe, args.order, args.lam,
                                         args.param, args.seed, args.batch, args.device, grid=args.grid,
                                         **_form(args))
     save_grid(images[:256], grid)
@@ -207,7 +207,7 @@ def _evaluate_parser(subparsers) -> None:
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
-    p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
+    p.add_argument("--num-samples", type=integer(2), help="samples per score (default min(1000, real/2))")
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--batch", type=positive, default=500)
     p.add_argument("--out", type=non_empty, required=True, help="folder for metrics.json, quality_vs_nfe.png and grids/")
@@ -223,7 +223,7 @@ def _run_evaluate(args) -> int:
     from ..evaluation import evaluate
 
     try:
-        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.n, seed=args.seed, batch=args.batch,
+        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.num_samples, seed=args.seed, batch=args.batch,
                           out_dir=args.out, inception=args.inception, device=args.device, progress=True,
                           data=args.data and data_source(args.data), grid=args.grid)
     except KeyboardInterrupt:
@@ -242,7 +242,7 @@ def _run_quickstart(args) -> int:
 
     out = Path(args.out)
     try:
-        result = quickstart(out, steps=args.steps, n=args.n, seed=args.seed)
+        result = quickstart(out, steps=args.steps, n=args.num_samples, seed=args.seed)
     except KeyboardInterrupt:
         print(f"interrupted; run `gddim quickstart --out {out}` again to resume", file=sys.stderr)
         return 130
