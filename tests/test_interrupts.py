@@ -200,17 +200,6 @@ def test_a_folder_with_files_gddim_did_not_write_is_still_refused(tmp_path, mine
 
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("small") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(gddim.CLD(), load_images("digits")[:256], run, MICRO, TrainConfig(steps=2, batch_size=8, warmup=1,
-          ckpt_every=2, sample_nfe=4), DIGITS, progress=False)
-    torch.set_num_threads(threads)
-    return run
-
-
 EVALUATE = {"samplers": ["gddim:q=1", "ancestral"], "nfes": [4, 6], "n": 8}
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,12 +22,14 @@ from PIL import Image
 from .atomic import atomic_file, atomic_write_text
 from .data import load_images
 from .errors import SettingsError
-from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
+from .metrics import (FeatureStats, classifier_features, inception_features, load_feature_net, real_split,
+                      stats_distance)
 from .networks import EpsModel
 from .noise import SampleNoise
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler, sample
-from .training import Checkpoint, load_checkpoint
+from .shards import Generation, generate, process_group, read_shards, write_npz
+from .training import Checkpoint, _Dist, _from_rank0, load_checkpoint
 
 SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization", "pred": "prediction", "corr": "corrector",
                 "interp": "interpolation", "lof": "lower_order_final", "final": "final_step"}
@@ -135,6 +140,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> (N, C, H, W) in [-1, 1]; to_uint8 gives the same pixels back."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48) -> Path:
     """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
     least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
@@ -169,6 +179,37 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n: int, nfe: int, options: dict,
+                  env: _Dist, seed: int = 0, batch: int = 500, grid="quadratic", shard_size: int = 1000,
+                  source: str = "", progress: bool = True) -> tuple[Path, Path]:
+    """PREFIX.npz (as save_npz writes it, with the world size) and PREFIX.png (the first 256) of n samples made in
+    shards under PREFIX.shards/ (gddim.shards): a rerun after an interruption makes only the missing shards, and
+    the folder goes once the .npz is written. options: keyword arguments of sample_images (method, order, ...);
+    source names the model in the shards' settings. Under torchrun the ranks split the shards, rank 0 writes."""
+    prefix = Path(prefix)
+    png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
+    folder = prefix.with_name(prefix.name + ".shards")
+    shape = (model.data_channels, model.image_size, model.image_size)
+    check_sampler(process, nfe, **options, grid=grid)  # on every rank: one failing alone would leave the rest waiting
+
+    def make(samples: range) -> dict[str, torch.Tensor]:
+        return {"x": sample_images(process, model, len(samples), nfe, **options, seed=seed, batch=batch, grid=grid,
+                                   first=samples.start).float()}
+
+    settings = {"source": source, "sampler": options, "nfe": nfe, "seed": seed, "grid": str(grid)}
+    files = generate(Generation(n, shard_size, make, {"x": (shape, torch.float32)}, settings), folder, env, progress)
+    if env.rank == 0:
+        c, h, w = shape
+        pixels = lambda: (to_uint8(torch.from_numpy(x)).squeeze(-1) if c == 1 else to_uint8(torch.from_numpy(x))
+                          for x in read_shards(files, "x"))
+        write_npz(npz, {"images": pixels, "x": lambda: read_shards(files, "x")},
+                  {"images": (n, h, w) if c == 1 else (n, h, w, c), "x": (n, *shape)}, {"world_size": env.world})
+        first = [torch.from_numpy(x) for x, _ in zip(read_shards(files, "x"), range(-(-256 // shard_size)))]
+        save_grid(torch.cat(first)[:256], png)
+        shutil.rmtree(folder)
+    return png, npz
+
+
 # ---- evaluation --------------------------------------------------------------------------------------------
 
 def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Tensor:
@@ -180,7 +221,8 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic") -> dict:
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic",
+             shard_size: int = 1000) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
@@ -188,75 +230,146 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     against all real training images (e.g. 50k for CIFAR-10), and the floor is left out.
     data names the training images when the checkpoint was trained on a path (see Checkpoint.data_source).
     Writes (if out_dir is given) metrics.json after every record and quality_vs_nfe.png at the end (unless
-    save_metrics is False), and under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
-    when given). A rerun of the same evaluation keeps the records metrics.json holds and computes the rest.
+    save_metrics is False), under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
+    when given), and under shards/ each record's samples (uint8) and features, shard by shard as they are made
+    (gddim.shards). A rerun of the same evaluation keeps the records metrics.json holds and the shards made.
     grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
+    Under torchrun the ranks split every record's samples and rank 0 writes; every rank returns the result.
     """
-    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
-    process, model = checkpoint.process(), checkpoint.network("ema", device)
-    samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
-    real = real_reference(checkpoint, data) if real is None else real
+    with process_group(device) as env:
+        checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
+        process, model = checkpoint.process(), checkpoint.network("ema", env.device)
+        samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
+        for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
+            for nfe in nfes:
+                check_sampler(process, nfe, **sampler.options(), grid=grid)
+        real = real_reference(checkpoint, data) if real is None else real
+        metric = _metric(checkpoint, model, real, n, seed, feature_net, inception, env)
+        result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
+                  "data": checkpoint.meta.get("data"), "metric": metric.name, "n": metric.n, "seed": seed,
+                  "batch": batch, "grid": str(grid), "floor": metric.floor, "world_size": env.world, "records": []}
+        sweep = _Sweep(process, model, metric, result, seed, batch, grid, shard_size, env, progress,
+                       Path(out_dir) if out_dir is not None else None, save_metrics, grid_nfes)
+        return _from_rank0(sweep.run(samplers, nfes), env.world)
+
+
+@dataclass
+class _Metric:
+    """The feature map (every rank) and, on rank 0, the real images' statistics and the real-vs-real floor."""
+
+    name: str
+    n: int
+    features: Callable[[torch.Tensor], torch.Tensor]
+    dim: int
+    reference: FeatureStats | None
+    floor: float | None
+
+
+def _metric(checkpoint: Checkpoint, model: EpsModel, real: torch.Tensor, n: int | None, seed: int, feature_net,
+            inception, env: _Dist) -> _Metric:
     if inception is not None:
-        if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
-            raise FileNotFoundError(f"Inception weights {inception} do not exist")
-        n = len(real) if n is None else n
-        reference, floor = real, None
-        score = lambda fake: inception_fid(reference, fake, inception, device=device or "cpu")
-    else:
-        feature_net = feature_net or load_feature_net(checkpoint.meta.get("data", {}).get("source"), model.image_size)
-        n = min(1000, len(real) // 2) if n is None else n
-        reference, held_out = real_split(real, n, seed)  # the split of metrics.real_floor(real, feature_net, n, seed)
-        floor = frechet_distance(reference, held_out, feature_net)
-        score = lambda fake: frechet_distance(reference, fake, feature_net)
-    for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
-        for nfe in nfes:
-            check_sampler(process, nfe, **sampler.options(), grid=grid)
-    result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
-              "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
-              "seed": seed, "batch": batch, "grid": str(grid), "floor": floor, "records": []}
-    metrics = Path(out_dir) / "metrics.json" if out_dir is not None and save_metrics else None
-    finished = _finished_records(metrics, result) if metrics is not None else {}
-    for sampler in samplers:
-        for nfe in nfes:
-            key = (sampler.label, int(nfe))
-            record = finished.get(key)
-            if record is None:
-                record, fake = _evaluate_record(process, model, sampler, int(nfe), n, seed, batch, grid, score, floor)
-                if fake is not None and out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
-                    save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
-            result["records"].append(record)
-            if progress:
-                _print_record(record, kept=key in finished)
-            if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                metrics.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(metrics, json.dumps(result, indent=2))
-    if metrics is not None:
-        save_metrics_and_plot(result, metrics.parent)
-    return result
+        features = inception_features(inception, env.device)  # a missing file fails before minutes of sampling
+        reference = FeatureStats.of(real, features, 50) if env.rank == 0 else None
+        return _Metric("inception", len(real) if n is None else n, features, 2048, reference, None)
+    feature_net = feature_net or load_feature_net(checkpoint.meta.get("data", {}).get("source"), model.image_size)
+    n = min(1000, len(real) // 2) if n is None else n
+    reference, held_out = real_split(real, n, seed)  # the split of metrics.real_floor(real, feature_net, n, seed)
+    features = classifier_features(feature_net)
+    if env.rank != 0:
+        return _Metric("classifier", n, features, feature_net.num_features, None, None)
+    # not torchmetrics' frechet_distance: under torchrun its compute() would wait for the other ranks
+    stats = FeatureStats.of(reference, features)
+    return _Metric("classifier", n, features, feature_net.num_features, stats,
+                   stats_distance(stats, FeatureStats.of(held_out, features)))
 
 
-def _evaluate_record(process, model, sampler: Sampler, nfe: int, n: int, seed: int, batch: int, grid, score,
-                     floor) -> tuple[dict, torch.Tensor | None]:
-    """One (sampler, NFE) record and its samples; every record starts from the same seed, whatever runs before it."""
-    began = time.perf_counter()
-    record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": nfe}
-    try:
-        fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid)
-    except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
-        fake, record["error"] = None, str(err)
-    record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
-    return record, fake
+@dataclass
+class _Sweep:
+    """The records of one evaluation, each generated in shards over the ranks and scored on rank 0."""
+
+    process: LinearProcess
+    model: EpsModel
+    metric: _Metric
+    result: dict
+    seed: int
+    batch: int
+    grid: object
+    shard_size: int
+    env: _Dist
+    progress: bool
+    out_dir: Path | None
+    save_metrics: bool
+    grid_nfes: list[int] | None
+
+    def run(self, samplers: list[Sampler], nfes: list[int]) -> dict | None:
+        metrics = self.out_dir / "metrics.json" if self.out_dir is not None and self.save_metrics else None
+        finished = _from_rank0(_finished_records(metrics, self.result) if metrics and self.env.rank == 0 else {},
+                               self.env.world)
+        for sampler in samplers:
+            for nfe in nfes:
+                key = (sampler.label, int(nfe))
+                record = finished.get(key) or self.record(sampler, int(nfe))
+                if self.env.rank != 0:
+                    continue
+                self.result["records"].append(record)
+                if self.progress:
+                    _print_record(record, kept=key in finished)
+                if metrics is not None:  # every finished record is on disk: a rerun goes on from here
+                    metrics.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(metrics, json.dumps(self.result, indent=2))
+        if metrics is not None and self.env.rank == 0:
+            save_metrics_and_plot(self.result, metrics.parent)
+        return self.result if self.env.rank == 0 else None
+
+    def record(self, sampler: Sampler, nfe: int) -> dict:
+        """One (sampler, NFE) record; every record starts from the same noise, whatever runs before it."""
+        began = time.perf_counter()
+        record = {"process": self.process.name, **sampler.options(), "label": sampler.label, "nfe": nfe}
+        name = f"{sampler.label.replace(':', '_')}_nfe{nfe}"
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = self.out_dir / "shards" / name if self.out_dir is not None else Path(scratch)
+            try:
+                files = generate(self.generation(sampler, nfe), folder, self.env, self.progress)
+            except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
+                return {**record, "error": str(err), "fd": None, "floor": self.metric.floor,
+                        "seconds": time.perf_counter() - began}
+            if self.env.rank != 0:
+                return record
+            stats = FeatureStats()
+            for features in read_shards(files, "features"):
+                stats.add(torch.from_numpy(features))
+            if self.out_dir is not None and (self.grid_nfes is None or nfe in self.grid_nfes):
+                first = next(read_shards(files[:1], "images"))[:64]
+                save_grid(from_uint8(first), self.out_dir / "grids" / f"{name}.png")
+        return {**record, "fd": stats_distance(self.metric.reference, stats), "floor": self.metric.floor,
+                "seconds": time.perf_counter() - began}
+
+    def generation(self, sampler: Sampler, nfe: int) -> Generation:
+        shape = (self.model.data_channels, self.model.image_size, self.model.image_size)
+
+        def make(samples: range) -> dict[str, torch.Tensor]:
+            x = sample_images(self.process, self.model, len(samples), nfe, **sampler.options(), seed=self.seed,
+                              batch=self.batch, grid=self.grid, first=samples.start)
+            with torch.no_grad():
+                return {"images": torch.from_numpy(to_uint8(x)), "features": self.metric.features(x)}
+
+        settings = {key: self.result[key] for key in ("checkpoint", "step", "metric", "seed", "grid")}
+        fields = {"images": ((shape[1], shape[2], shape[0]), torch.uint8),
+                  "features": ((self.metric.dim,), torch.float64)}
+        return Generation(self.metric.n, self.shard_size, make, fields, {**settings, "sampler": sampler.label,
+                                                                          "nfe": nfe})
 
 
 def _finished_records(metrics: Path, result: dict) -> dict[tuple[str, int], dict]:
     """The records of an earlier run of the same evaluation (same checkpoint, data, metric, n, seed, batch and
-    floor) that metrics.json holds, by (label, NFE); none when it holds another evaluation or no file."""
+    floor; any world size) that metrics.json holds, by (label, NFE); none when it holds another evaluation or
+    no file."""
     try:
         stored = json.loads(metrics.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    header = json.loads(json.dumps({k: v for k, v in result.items() if k != "records"}))
-    if not isinstance(stored, dict) or {k: v for k, v in stored.items() if k != "records"} != header:
+    header = lambda record: {k: v for k, v in record.items() if k not in ("records", "world_size")}
+    if not isinstance(stored, dict) or header(stored) != header(json.loads(json.dumps(result))):
         return {}
     return {(r["label"], r["nfe"]): r for r in stored.get("records", [])}
 

@@ -157,6 +157,12 @@ def _grid_option(p) -> None:
                    "tuned on exact scores) or a grid file from `gddim tune-grid` (tuned for this model and NFE)")
 
 
+def _shard_option(p, where: str) -> None:
+    p.add_argument("--shard-size", type=positive, default=1000, help=f"samples per shard file (default 1000), written "
+                   f"to {where} as they are made: the same command after an interruption makes only the missing "
+                   "shards. Under torchrun each process makes one shard at a time")
+
+
 def _sample_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample a checkpoint: PNG grid and .npz")
     p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
@@ -165,7 +171,8 @@ def _sample_parser(subparsers) -> None:
     p.add_argument("--nfe", type=positive, default=50)
     p.add_argument("--num-samples", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
-    p.add_argument("--batch", type=positive, default=500)
+    p.add_argument("--batch", type=positive, default=500, help="samples per network call (default 500)")
+    _shard_option(p, "PREFIX.shards/, removed once PREFIX.npz is written")
     p.add_argument("--out", type=output_prefix, required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
     p.add_argument("--overwrite", action="store_true", help="replace PREFIX.png and PREFIX.npz if they exist")
     p.add_argument("--device", type=device)
@@ -174,26 +181,35 @@ def _sample_parser(subparsers) -> None:
 
 def _run_sample(args) -> int:
     from ..diffusers import is_diffusers_folder, load_unet_eps
-    from ..evaluation import sample_from_checkpoint, sample_images, save_grid, save_npz
+    from ..evaluation import write_samples
+    from ..shards import process_group
+    from ..training import _from_rank0, _safe, load_checkpoint
 
     prefix = Path(args.out)
-    grid, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
-    existing = [str(path) for path in (grid, npz) if path.exists()]
-    if existing and not args.overwrite:  # checked before minutes of sampling
+    options = {"method": args.method, "order": args.order, "lam": args.lam, "parameterization": args.param,
+               **_form(args)}
+    with process_group(args.device) as env:
+        _from_rank0(_safe(_check_free, prefix, args.overwrite) if env.rank == 0 else None, env.world)
+        if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
+            model = load_unet_eps(args.checkpoint, device=env.device)
+            process, source = model.process, str(Path(args.checkpoint).expanduser().resolve())
+        else:
+            checkpoint = load_checkpoint(args.checkpoint)
+            process, model, source = checkpoint.process(), checkpoint.network("ema", env.device), str(checkpoint.path)
+        grid, npz = write_samples(process, model, prefix, args.num_samples, args.nfe, options, env, args.seed,
+                                  args.batch, args.grid, args.shard_size, source)
+        if env.rank == 0:
+            print(f"{args.num_samples} samples ({env.world} process{'es' if env.world > 1 else ''}): grid {grid}, "
+                  f"arrays {npz}")
+    return 0
+
+
+def _check_free(prefix: Path, overwrite: bool) -> None:
+    """Refuse to replace PREFIX.png / PREFIX.npz without --overwrite, before minutes of sampling."""
+    existing = [str(path) for path in (prefix.with_name(prefix.name + ext) for ext in (".png", ".npz")) if path.exists()]
+    if existing and not overwrite:
         raise FileExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                               "choose another --out, or pass --overwrite to replace what is there")
-    if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
-        model = load_unet_eps(args.checkpoint, device=args.device)
-        images = sample_images(model.process, model, args.num_samples, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device, grid=args.grid, **_form(args))
-    else:
-        images = sample_from_checkpoint(args.checkpoint, args.num_samples, args.method, args.nfe, args.order, args.lam,
-                                        args.param, args.seed, args.batch, args.device, grid=args.grid,
-                                        **_form(args))
-    save_grid(images[:256], grid)
-    save_npz(images, npz)
-    print(f"{len(images)} samples: grid {grid}, arrays {npz}")
-    return 0
 
 
 # ---- evaluate ----------------------------------------------------------------------------------------------
@@ -209,8 +225,10 @@ def _evaluate_parser(subparsers) -> None:
     _grid_option(p)
     p.add_argument("--num-samples", type=integer(2), help="samples per score (default min(1000, real/2))")
     p.add_argument("--seed", type=non_negative, default=0)
-    p.add_argument("--batch", type=positive, default=500)
-    p.add_argument("--out", type=non_empty, required=True, help="folder for metrics.json, quality_vs_nfe.png and grids/")
+    p.add_argument("--batch", type=positive, default=500, help="samples per network call (default 500)")
+    _shard_option(p, "OUT/shards/, with each record's uint8 samples and features")
+    p.add_argument("--out", type=non_empty, required=True, help="folder for metrics.json, quality_vs_nfe.png, grids/ "
+                   "and shards/")
     p.add_argument("--data", type=non_empty, help="the training images, when the run was trained on a path (a path "
                    "recorded in a run folder is not opened unless named again); default: its built-in data set")
     p.add_argument("--inception", type=non_empty, metavar="WEIGHTS", help="standard FID against all training images, with a local "
@@ -220,18 +238,24 @@ def _evaluate_parser(subparsers) -> None:
 
 
 def _run_evaluate(args) -> int:
+    import os
+
     from ..evaluation import evaluate
 
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     try:
-        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.num_samples, seed=args.seed, batch=args.batch,
-                          out_dir=args.out, inception=args.inception, device=args.device, progress=True,
-                          data=args.data and data_source(args.data), grid=args.grid)
+        result = evaluate(args.checkpoint, args.samplers, args.nfe, n=args.num_samples, seed=args.seed,
+                          batch=args.batch, shard_size=args.shard_size, out_dir=args.out, inception=args.inception,
+                          device=args.device, progress=main_process, data=args.data and data_source(args.data),
+                          grid=args.grid)
     except KeyboardInterrupt:
-        print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
-              "Run the same command again to compute the rest", file=sys.stderr)
+        if main_process:
+            print(f"interrupted; the finished records are in {Path(args.out) / 'metrics.json'}. "
+                  "Run the same command again to compute the rest", file=sys.stderr)
         return 130
     floor = "" if result["floor"] is None else f" (real floor {result['floor']:.4g})"
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
+    if main_process:
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'quality_vs_nfe.png'}{floor}")
     return 0
 
 
