@@ -7,7 +7,8 @@ For VP, CLD and BDM on digits (exact ε of the whole set, batch 64, float64): pa
 ODE solution) and data error (to the nearest data point) at NFE 5, 10, 15, 20, 50 for today's gDDIM q = 2 on the
 quadratic grid (the baseline) and for the variants: ε or data form, corrector, q = 1..3, interpolation
 t / sqrt_t / logsnr, grid quadratic / logsnr / uniform, lower_order_final, final data step. Writes results.json
-(records, ratios to the baseline, the best setting per process) and one PNG per process.
+(records with the sampler's spec (gddim.spec) and its grid, ratios to the baseline, the best setting per process)
+and one PNG per process.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import (benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json)
+from gddim.bench.records import benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json
+from gddim.errors import SettingsError
 from gddim.processes import make_process
+from gddim.spec import SamplerSpec
 
 NFES = (5, 10, 15, 20, 50)
 BASELINE = dict(order=2, grid="quadratic")
@@ -56,8 +59,15 @@ SHORTLIST = [dict(BASELINE)] + [
                                (2, "logsnr", True, "t", False), (3, "logsnr", True, "logsnr", True)]]
 
 
+def spec_and_grid(options: dict) -> tuple[SamplerSpec, str]:
+    """A variant's keyword arguments of gddim.sample as its sampler spec and its grid."""
+    return SamplerSpec(**{k: v for k, v in options.items() if k != "grid"}), options["grid"]
+
+
 def label(options: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in options.items())
+    """The key of a variant in the ratios and the ranking: its canonical spec on its grid."""
+    spec, grid = spec_and_grid(options)
+    return f"{spec} on {grid}"
 
 
 def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, shortlist: bool,
@@ -72,13 +82,14 @@ def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, shor
         start = time.perf_counter()
         try:
             x = gddim.sample(process, eps_fn, u_T, nfe, **options)
-        except ValueError as error:  # too few steps for the order at this NFE
+        except SettingsError as error:  # too few steps for the order at this NFE
             print(f"{name} NFE {nfe} {label(options)}: {error}", file=sys.stderr)
             continue
         path = rms_error(x, x_ref)
         # a few samples that end on another data point dominate the RMS: the median sample shows the rest
         per_sample = (x - x_ref).double().flatten(1).pow(2).mean(1).sqrt()
-        records.append(dict(process=name, label=label(options), options=options, nfe=nfe,
+        spec, grid = spec_and_grid(options)
+        records.append(dict(process=name, sampler=spec.label, grid=grid, label=label(options), nfe=nfe,
                             path_error=path if math.isfinite(path) else None, data_error=data_error(x, data),
                             median_sample_path_error=float(per_sample.median()),
                             seconds=round(time.perf_counter() - start, 3)))
@@ -87,7 +98,7 @@ def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, shor
 
 def ratios(records: list[dict], field: str = "path_error") -> dict:
     """{process: {label: {nfe: error / baseline error}}}."""
-    base = {(r["process"], r["nfe"]): r[field] for r in records if r["options"] == BASELINE}
+    base = {(r["process"], r["nfe"]): r[field] for r in records if r["label"] == label(BASELINE)}
     out: dict = {}
     for r in records:
         b = base.get((r["process"], r["nfe"]))
@@ -164,6 +175,7 @@ def main(argv=None) -> None:
             "ratio": "path error / the baseline's path error at the same NFE",
             "median_sample_path_error": "median over the batch of each sample's RMS distance to x_ref",
             "ranking": "geometric mean over the NFEs of the ratio, best first",
+            "label": "the sampler's canonical spec (gddim.spec) on its grid",
         },
         "reference": references, "best": ranking, "ratio_path_error": ratio,
         "ratio_data_error": ratios(records, "data_error"),

@@ -7,8 +7,8 @@ import torch
 
 import gddim
 from gddim.data import load_images
-from gddim.networks import NetworkConfig
-from gddim.training import TrainConfig, train
+from gddim.training import train
+from tiny_runs import DIGITS, MICRO, quick
 
 
 @pytest.fixture
@@ -20,15 +20,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> Path:
-    """A 2-step CLD run on digits with a micro network: a real checkpoint, trained enough to be a network."""
-    run = tmp_path_factory.mktemp("small") / "run"
-    micro = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
-                          norm_groups=8, dropout=0.1, gaussian_skip=0.5)
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_images("digits")[:256]
+
+
+@pytest.fixture(scope="module")
+def cld_run(tmp_path_factory, digits) -> Path:
+    """A 2-step CLD run of the micro network on digits, checkpointed at its end."""
+    run = tmp_path_factory.mktemp("cld") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train(gddim.CLD(), load_images("digits")[:256], run, micro, TrainConfig(steps=2, batch_size=8, warmup=1,
-          ckpt_every=2, sample_nfe=4), {"source": "digits", "image_size": None}, progress=False)
+    train(gddim.CLD(), digits, run, MICRO, quick(steps=2, ckpt_every=2), DIGITS, progress=False)
     torch.set_num_threads(threads)
     return run

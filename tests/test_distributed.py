@@ -1,116 +1,120 @@
-"""Sampling and evaluation under torchrun: every flag passes through torchrun's own parser, and 2 gloo
-processes give the same images and the same Fréchet distance as 1."""
+"""Several processes under torchrun (gloo on CPU): DDP training agrees across ranks; the group helpers."""
 
-import argparse
-import json
+from __future__ import annotations
+
 import os
-import shutil
+import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-from torch.distributed.run import get_args_parser
+import torch
+from safetensors.torch import load_file
 
+from gddim.checkpoints import load_checkpoint
+from gddim.distributed import (InterruptFlag, ProcessGroup, gather_rows, gather_to_rank0, process_group, run_on_rank0,
+                               shard)
+
+DDP_SCRIPT = """
+import os, sys, torch
+from safetensors.torch import save_file
 import gddim
-from gddim import evaluation
-from gddim.cli import build_parser, main
-
-SRC = Path(gddim.__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def every_flag() -> list[tuple[str, str]]:
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [(command, flag) for command, parser in subparsers.choices.items() for action in parser._actions
-            for flag in action.option_strings if flag not in ("-h", "--help")]
-
-
-def test_every_flag_of_every_command_passes_through_torchrun():
-    """argparse matches prefixes of torchrun's options anywhere on the line: `--n` could be --nnodes or
-    --nproc-per-node, and torchrun stops. Every gddim flag must reach gddim as typed."""
-    torchrun = get_args_parser()
-    flags = every_flag()
-    assert ("evaluate", "--num-samples") in flags and len(flags) > 50
-    for command, flag in flags:
-        line = ["--nnodes=1", "--nproc-per-node=2", "-m", "gddim", command, "RUN", flag, "1"]
-        try:
-            parsed = torchrun.parse_args(line)
-        except SystemExit:
-            pytest.fail(f"torchrun refuses `gddim {command} ... {flag}`: rename the flag")
-        assert parsed.training_script_args == [command, "RUN", flag, "1"], (command, flag)
+from gddim.data import load_images
+from gddim.networks import NetworkConfig
+from gddim.training import TrainConfig, train
+torch.set_num_threads(1)
+net = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
+                    norm_groups=8, dropout=0.1, gaussian_skip=0.5)
+out = sys.argv[1]
+r = train(gddim.CLD(), load_images("digits")[:256], out + "/run", net,
+          TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup=2, ckpt_every=3, sample_nfe=4),
+          {"source": "digits", "image_size": None}, progress=False)
+rank = os.environ["RANK"]
+save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+print("losses", rank, r.losses)
+"""
 
 
-# ---- 2 gloo processes against 1 ------------------------------------------------------------------------------
-
-def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=N -m gddim ...` as a user types it (gloo on the CPU, one thread
-    per process, as the one-process runs in this test have; --standalone picks a free port)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-    launcher = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={processes}"]
-    done = subprocess.run([*launcher, "-m", "gddim", *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def test_two_processes_sample_the_same_images_as_one(small_run, tmp_path):
-    # 10 samples in shards of 4: the second round leaves rank 1 without a shard
-    command = ["sample", str(small_run), "--method", "em", "--nfe", "6", "--num-samples", "10", "--batch", "3",
-               "--shard-size", "4"]
-    assert main([*command, "--out", str(tmp_path / "one")]) == 0
-    two = torchrun(*command, "--out", str(tmp_path / "two"))
-    assert two.stdout.count("10 samples (2 processes)") == 1  # rank 0 alone speaks
-    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as both:
-        assert one["x"].shape == (10, 1, 8, 8) and np.array_equal(one["x"], both["x"])
-        assert np.array_equal(one["images"], both["images"])
-        assert (int(one["world_size"]), int(both["world_size"])) == (1, 2)
-    assert (tmp_path / "two.png").read_bytes() == (tmp_path / "one.png").read_bytes()
-    assert not (tmp_path / "two.shards").exists()  # the shards go once the .npz holds them
+def test_ddp_two_gloo_processes_agree(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.step == 3 and ckpt.meta["world_size"] == 2
+    assert all(torch.equal(a[k], ckpt.tensors[f"model.{k}"]) for k in a)
+    losses = [line.split(" ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("losses")]
+    assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
 
 
-def test_two_processes_evaluate_to_the_same_distance_as_one(small_run, tmp_path):
-    command = ["evaluate", str(small_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "5", "--num-samples", "12",
-               "--batch", "4", "--shard-size", "5"]
-    assert main([*command, "--out", str(tmp_path / "one")]) == 0
-    torchrun(*command, "--out", str(tmp_path / "two"))
-    one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
-    assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert [r["label"] for r in two["records"]] == ["gddim:q=1", "ancestral"]
-    for a, b in zip(one["records"], two["records"]):
-        assert b["fd"] == pytest.approx(a["fd"], rel=1e-6) and a["fd"] > 0
-    for shard in sorted((tmp_path / "one" / "shards").rglob("shard_*.npz")):
-        with np.load(shard) as a, np.load(tmp_path / "two" / shard.relative_to(tmp_path / "one")) as b:
-            assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["features"], b["features"])
-            assert (int(a["world_size"]), int(b["world_size"])) == (1, 2)
+
+GROUP_SCRIPT = """
+import sys, torch
+from gddim.distributed import from_rank0, gather_rows, gather_to_rank0, process_group, run_on_rank0, shard
+
+def refuse():
+    raise FileExistsError("rank 0 refused")
+
+with process_group("cpu") as group:
+    items = shard(7, group)
+    gathered = gather_rows(torch.arange(7.0)[items.start:items.stop, None].repeat(1, 2), group)
+    word = from_rank0(f"from rank {group.rank}", group.world)
+    parts = gather_to_rank0(torch.full((2,), 10.0 * group.rank), group)
+    collected = None if parts is None else torch.cat(parts).tolist()
+    try:
+        run_on_rank0(group, refuse)
+        raised = None
+    except FileExistsError as err:
+        raised = str(err)
+    print("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised, collected, flush=True)
+"""
 
 
-def test_a_generation_killed_after_its_first_shard_resumes_to_the_same_result(small_run, tmp_path, monkeypatch):
-    command = ["sample", str(small_run), "--method", "em", "--nfe", "30", "--num-samples", "24", "--batch", "2",
-               "--shard-size", "2"]
-    assert main([*command, "--out", str(tmp_path / "whole")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen([sys.executable, "-m", "gddim", *command, "--out", str(tmp_path / "cut")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = tmp_path / "cut.shards"
-    deadline = time.monotonic() + 120
-    while not (shards / "shard_000000.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    made = sorted(p.name for p in shards.glob("shard_*.npz"))
-    assert 1 <= len(made) < 12 and not (tmp_path / "cut.npz").exists()  # killed mid-generation
-    made_again, real_sampler = [], evaluation.sample_images
+def test_group_helpers_on_two_gloo_processes(tmp_path):
+    script = tmp_path / "group.py"
+    script.write_text(GROUP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    everything = [float(i) for i in range(7)]
+    assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused [0.0, 0.0, 10.0, 10.0]",
+                     f"rank 1 2 [4, 5, 6] {everything} from rank 0 rank 0 refused None"]
 
-    def counted(*args, first=0, **kwargs):
-        made_again.append(first)
-        return real_sampler(*args, first=first, **kwargs)
 
-    monkeypatch.setattr(evaluation, "sample_images", counted)
-    assert main([*command, "--out", str(tmp_path / "cut")]) == 0
-    missing = [j for j in range(12) if f"shard_{j:06d}.npz" not in made]
-    assert sorted(made_again) == [2 * j for j in missing]  # the rerun made only the missing shards
-    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "cut.npz") as resumed:
-        assert np.array_equal(whole["x"], resumed["x"]) and np.array_equal(whole["images"], resumed["images"])
-    assert not shards.exists()
+def test_a_single_process_is_a_group_of_one(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu") as group:
+        assert (group.rank, group.world, group.device, group.is_main) == (0, 1, torch.device("cpu"), True)
+        assert shard(5, group) == range(5)
+        rows = torch.randn(5, 3)
+        assert gather_rows(rows, group) is rows
+        assert gather_to_rank0(rows, group) == [rows]
+        assert run_on_rank0(group, lambda a, b: a + b, 2, 3) == 5
+        with pytest.raises(FileExistsError, match="refused"):
+            run_on_rank0(group, refuse)
+
+
+def refuse():
+    raise FileExistsError("refused")
+
+
+@pytest.mark.parametrize("n, world, sizes", [(7, 3, [3, 2, 2]), (2, 4, [1, 1, 0, 0]), (8, 4, [2, 2, 2, 2])])
+def test_shards_are_contiguous_and_cover_every_item_once(n, world, sizes):
+    shards = [shard(n, ProcessGroup(rank, world, torch.device("cpu"), False)) for rank in range(world)]
+    assert [len(s) for s in shards] == sizes and [i for s in shards for i in s] == list(range(n))
+
+
+def test_a_stop_signal_sets_the_flag_and_the_old_handler_comes_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with InterruptFlag() as interrupt:
+        assert not interrupt.raised
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.raised and interrupt.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before

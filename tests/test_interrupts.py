@@ -18,9 +18,10 @@ import torch
 import gddim
 from gddim import evaluation, training
 from gddim.cli import main
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
-from gddim.networks import NetworkConfig
-from gddim.training import TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
+from gddim.training import TrainConfig, TrainingError, diffusion_loss, train
+from tiny_runs import DIGITS, MICRO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,11 +126,6 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_bit_identical(tmp_
 
 # ---- runs stopped before their first checkpoint --------------------------------------------------------------
 
-MICRO = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
-                      norm_groups=8, dropout=0.1, gaussian_skip=0.5)
-DIGITS = {"source": "digits", "image_size": None}
-
-
 def quick() -> TrainConfig:
     return TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup=2, ckpt_every=3, sample_nfe=4)
 
@@ -207,8 +203,8 @@ def without_seconds(result: dict) -> dict:
     return {**result, "records": [{k: v for k, v in r.items() if k != "seconds"} for r in result["records"]]}
 
 
-def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_run, tmp_path, monkeypatch, capsys):
-    fresh = evaluation.evaluate(small_run, **EVALUATE, out_dir=tmp_path / "fresh")
+def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(cld_run, tmp_path, monkeypatch, capsys):
+    fresh = evaluation.evaluate(cld_run, **EVALUATE, out_dir=tmp_path / "fresh")
     real_sampler, calls = evaluation.sample_images, []
 
     def counted(*args, **kwargs):
@@ -219,28 +215,28 @@ def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_r
 
     counted.interrupt = True
     monkeypatch.setattr(evaluation, "sample_images", counted)
-    assert main(["evaluate", str(small_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--num-samples", "8",
+    assert main(["evaluate", str(cld_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--num-samples", "8",
                  "--out", str(tmp_path / "split")]) == 130  # Ctrl-C during the third record
     assert f"interrupted; the finished records are in {tmp_path / 'split' / 'metrics.json'}" in capsys.readouterr().err
     kept = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert without_seconds(kept)["records"] == without_seconds(fresh)["records"][:2]
     calls.clear()
     counted.interrupt = False
-    resumed = evaluation.evaluate(small_run, **EVALUATE, out_dir=tmp_path / "split")
+    resumed = evaluation.evaluate(cld_run, **EVALUATE, out_dir=tmp_path / "split")
     assert len(calls) == 2  # only the two unfinished records were sampled
     assert without_seconds(resumed) == without_seconds(fresh)  # records do not depend on what ran before them
     assert without_seconds(json.loads((tmp_path / "split" / "metrics.json").read_text())) == without_seconds(fresh)
     assert (tmp_path / "split" / "quality_vs_nfe.png").is_file()
     calls.clear()
-    other = evaluation.evaluate(small_run, **{**EVALUATE, "n": 10}, out_dir=tmp_path / "split")
+    other = evaluation.evaluate(cld_run, **{**EVALUATE, "n": 10}, out_dir=tmp_path / "split")
     assert len(calls) == 4 and other["n"] == 10  # another evaluation reuses nothing
 
 
 # ---- sample --------------------------------------------------------------------------------------------------
 
-def test_sample_never_overwrites_earlier_output_silently(small_run, tmp_path, capsys):
+def test_sample_never_overwrites_earlier_output_silently(cld_run, tmp_path, capsys):
     prefix = tmp_path / "s"
-    command = ["sample", str(small_run), "--nfe", "4", "--num-samples", "3", "--out", str(prefix)]
+    command = ["sample", str(cld_run), "--nfe", "4", "--num-samples", "3", "--out", str(prefix)]
     assert main(command) == 0
     earlier = {ext: prefix.with_suffix(ext).read_bytes() for ext in (".png", ".npz")}
     capsys.readouterr()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -24,23 +23,11 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_file, atomic_write_text
 from .errors import SamplerError
-from .training import _Dist, _from_rank0, _init_distributed, _safe
+from .distributed import ProcessGroup, gather_to_rank0, run_on_rank0
 
 SHARD_NAME = "shard_{:06d}.npz"
 MANIFEST = "generation.json"
 ShardFn = Callable[[range], dict[str, torch.Tensor]]
-
-
-@contextmanager
-def process_group(device=None) -> Iterator[_Dist]:
-    """torchrun's process group (gloo on CPU, NCCL on GPUs) for the block, left at its end if joined here; a
-    single process outside torchrun gets world size 1 and `device` (default: cuda if available)."""
-    env = _init_distributed(device)
-    try:
-        yield env
-    finally:
-        if env.owns_group:
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -58,14 +45,14 @@ class Generation:
         return [range(start, min(start + self.shard_size, self.n)) for start in range(0, self.n, self.shard_size)]
 
 
-def generate(generation: Generation, folder: Path, env: _Dist, progress: bool = True) -> list[Path]:
+def generate(generation: Generation, folder: Path, env: ProcessGroup, progress: bool = True) -> list[Path]:
     """Make the shards `folder` lacks, one per rank and round; rank 0 writes them. Returns the shard files in
     order (on every rank; only rank 0 may read them: another node need not see its disk)."""
     ranges = generation.ranges()
-    todo = _from_rank0(_safe(_missing_shards, generation, Path(folder)) if env.rank == 0 else None, env.world)
+    todo = run_on_rank0(env, _missing_shards, generation, Path(folder))
     done = generation.n - sum(len(ranges[j]) for j in todo)
     with tqdm(total=generation.n, initial=done, unit="img", desc="sampling", smoothing=0.05,
-              disable=not (progress and env.rank == 0)) as bar:
+              disable=not (progress and env.is_main)) as bar:
         for first in range(0, len(todo), env.world):
             turn = todo[first:first + env.world]
             mine = turn[env.rank] if env.rank < len(turn) else None
@@ -84,7 +71,7 @@ def _make(generation: Generation, samples: range) -> tuple[dict | None, str | No
 
 
 def _gather(generation: Generation, index: int | None, arrays: dict | None, error: str | None,
-            env: _Dist) -> list[tuple[int, dict[str, torch.Tensor]]]:
+            env: ProcessGroup) -> list[tuple[int, dict[str, torch.Tensor]]]:
     """Every rank's (shard index, arrays) of this round, on rank 0 (others get []); a failure on any rank is
     raised on all of them."""
     count = 0 if arrays is None else len(next(iter(arrays.values())))
@@ -100,19 +87,11 @@ def _gather(generation: Generation, index: int | None, arrays: dict | None, erro
         padded = torch.zeros((generation.shard_size, *shape), dtype=dtype, device=env.device)
         if arrays is not None:
             padded[:count] = arrays[name]
-        gathered[name] = _gather_to_rank0(padded, env)
-    if env.rank != 0:
+        gathered[name] = gather_to_rank0(padded, env)
+    if not env.is_main:
         return []
     return [(int(m[0]), {name: parts[r][:int(m[1])].cpu() for name, parts in gathered.items()})
             for r, m in enumerate(metas) if m[0] >= 0]
-
-
-def _gather_to_rank0(tensor: torch.Tensor, env: _Dist) -> list[torch.Tensor] | None:
-    if env.world == 1:
-        return [tensor]
-    parts = [torch.empty_like(tensor) for _ in range(env.world)] if env.rank == 0 else None
-    dist.gather(tensor, parts, dst=0)
-    return parts
 
 
 def _missing_shards(generation: Generation, folder: Path) -> list[int]:

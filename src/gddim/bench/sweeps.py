@@ -1,5 +1,5 @@
 """The NFE sweeps and tolerances of the benchmarks (BENCHMARKS.md §1, §3), importable without torch so that
-`gddim bench --help` can show them at once; gddim.benchmark uses them."""
+`gddim bench --help` can show them at once; gddim.bench.exact_score and coefficient_times use them."""
 
 NFES = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 REFERENCE_RTOL = 1e-10  # the reference ODE is also solved at half of it: the difference is reported

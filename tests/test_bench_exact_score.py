@@ -1,17 +1,17 @@
-"""The exact-score benchmark and the coefficient build-time benchmark (gddim.benchmark, `gddim bench`)."""
+"""The exact-score benchmark (gddim.bench.exact_score, `gddim bench exact`)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import gddim
-from gddim import benchmark, sweeps
-from gddim.benchmark import Variant
+from gddim.bench import exact_score, sweeps
+from gddim.bench.records import benchmark_images
+from gddim.spec import SamplerSpec
 from gddim.cli import main
 
 
@@ -27,8 +27,8 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
-def _records(result, process, label):
-    return {r["nfe"]: r for r in result["records"] if r["process"] == process and Variant.of_record(r).label == label}
+def _records(result, process, sampler):
+    return {r["nfe"]: r for r in result["records"] if r["process"] == process and r["sampler"] == sampler}
 
 
 def test_quick_run_writes_results_plots_and_machine(quick_run):
@@ -39,12 +39,15 @@ def test_quick_run_writes_results_plots_and_machine(quick_run):
     assert {"cores", "torch", "device", "torch_threads"} <= set(result["machine"])
     assert result["command"].startswith("gddim bench exact --dataset digits")
     for record in result["records"]:
-        assert set(benchmark.RECORD_FIELDS) <= set(record)
-        assert (record["path_error"] is None) == (record["lam"] > 0)  # path errors for deterministic samplers only
+        assert set(exact_score.RECORD_FIELDS) <= set(record)
+        spec = SamplerSpec.parse(record["sampler"])
+        assert spec.label == record["sampler"]  # the canonical spelling
+        assert (record["path_error"] is None) == spec.stochastic  # path errors for deterministic samplers only
         assert record["data_error"] > 0
-    methods = {(r["process"], r["method"]) for r in result["records"]}
-    assert ("cld", "sscs") in methods and ("vp", "sscs") not in methods
-    assert ("vp", "ancestral") in methods and ("bdm", "ancestral") in methods and ("cld", "ancestral") not in methods
+    samplers = {(r["process"], r["sampler"]) for r in result["records"]}
+    assert ("cld", "sscs") in samplers and ("vp", "sscs") not in samplers
+    assert ("vp", "ancestral") in samplers and ("bdm", "ancestral") in samplers and ("cld", "ancestral") not in samplers
+    assert {s for p, s in samplers if p == "vp"} == {s.label for s in exact_score.sweep_specs("vp")} | {"ancestral"}
 
 
 def test_reference_solution_is_far_more_accurate_than_the_errors_it_measures(quick_run):
@@ -57,7 +60,7 @@ def test_reference_solution_is_far_more_accurate_than_the_errors_it_measures(qui
 def test_gddim_beats_euler_and_converges(quick_run):
     _, result = quick_run
     for name in ("vp", "cld", "bdm"):
-        q2, euler = _records(result, name, "gddim q=2 R"), _records(result, name, "euler")
+        q2, euler = _records(result, name, "gddim:q=2"), _records(result, name, "euler")
         assert q2[50]["path_error"] < 1e-3 < euler[50]["path_error"]
         errors = [q2[n]["data_error"] for n in sorted(q2)]
         assert all(a > b for a, b in zip(errors, errors[1:])), f"{name}: q=2 data error not decreasing: {errors}"
@@ -80,10 +83,10 @@ def test_data_and_path_errors_agree(quick_run):
 
 def test_ancestral_records_are_the_lambda_one_records_and_the_same_sampler(quick_run):
     _, result = quick_run
-    ancestral, lam_one = _records(result, "bdm", "ancestral"), _records(result, "bdm", "gddim λ=1")
+    ancestral, lam_one = _records(result, "bdm", "ancestral"), _records(result, "bdm", "gddim:lam=1")
     assert {n: r["data_error"] for n, r in ancestral.items()} == {n: r["data_error"] for n, r in lam_one.items()}
     process = gddim.VP()
-    data = benchmark.benchmark_images("digits")[:50].double()
+    data = benchmark_images("digits")[:50].double()
     eps_fn = gddim.exact_eps(process, data)
     u_T = process.prior_sample((4, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     run = lambda method, lam: gddim.sample(process, eps_fn, u_T, 5, method=method, lam=lam,
@@ -99,54 +102,8 @@ def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-def _synthetic(process, method, errors, order=0, lam=0.0, parameterization="R", path=None):
-    return [{"process": process, "method": method, "order": order, "lam": lam, "parameterization": parameterization,
-             "nfe": n, "path_error": None if path is None else path[n], "data_error": e} for n, e in errors.items()]
-
-
-def test_acceleration_factors_on_synthetic_records():
-    records = (_synthetic("vp", "em", {10: 0.5, 100: 0.2, 1000: 0.1}, lam=1.0)
-               + _synthetic("vp", "euler", {10: 0.4, 1000: 0.095})
-               + _synthetic("vp", "gddim", {10: 0.3, 20: 0.09, 50: 0.05})
-               + _synthetic("vp", "gddim", {10: 0.08, 20: 0.2}, order=2)
-               + _synthetic("vp", "gddim", {10: 0.6, 1000: 0.3}, lam=1.0))
-    acc = benchmark.acceleration_factors(records)["vp"]
-    assert set(acc) == {"em@1000", "euler@1000"}
-    em = acc["em@1000"]
-    assert em["target_data_error"] == 0.1
-    assert em["samplers"]["gddim q=0 R"] == {"nfe": 20, "factor": 50.0}
-    assert em["samplers"]["gddim q=2 R"] == {"nfe": 10, "factor": 100.0}  # the first NFE that reaches the target
-    assert em["samplers"]["gddim λ=1"] == {"nfe": None, "factor": None}
-    assert em["samplers"]["euler"] == {"nfe": 1000, "factor": 1.0}
-    assert acc["euler@1000"]["samplers"]["em"] == {"nfe": None, "factor": None}
-    assert acc["euler@1000"]["samplers"]["gddim q=0 R"] == {"nfe": 20, "factor": 50.0}
-    assert "gddim q=2 R" in benchmark.format_summary(benchmark.summarize(records))
-    flagged = benchmark.acceleration_factors(records, floors={"vp": 0.097})["vp"]
-    assert not flagged["em@1000"]["below_reference"] and flagged["euler@1000"]["below_reference"]
-
-
-def test_l_vs_r_on_synthetic_records():
-    path = {10: 0.4, 20: 0.1}
-    records = (_synthetic("cld", "gddim", {10: 1.0, 20: 1.0}, path=path)
-               + _synthetic("cld", "gddim", {10: 1.0, 20: 1.0}, parameterization="L", path={10: 2.0, 20: 0.3}))
-    table = benchmark.l_vs_r(records, nfes=(10, 20, 50))["cld"]
-    assert set(table) == {"10", "20"}
-    assert table["20"]["q=0"] == {"R": 0.1, "L": 0.3, "L/R": pytest.approx(3.0)}
-
-
 @pytest.mark.parametrize("name, nfe, order, fits", [("cld", 1, 0, False), ("cld", 4, 3, False), ("cld", 5, 3, True),
                                                      ("vp", 3, 3, False), ("vp", 4, 3, True), ("bdm", 1, 0, True)])
-def test_variants_that_do_not_fit_the_budget_are_skipped(name, nfe, order, fits):
+def test_samplers_that_do_not_fit_the_budget_are_skipped(name, nfe, order, fits):
     process = gddim.processes.make_process(name, (8, 8))
-    assert Variant("gddim", order).fits(process, nfe) is fits
-
-
-def test_coefficient_build_times_report_r_solve_and_medians():
-    result = benchmark.coefficient_build_times(("cld", "vp"), nfes=(10,), orders=(0, 2), repeats=3, progress=False)
-    assert [(r["process"], r["order"], r["lam"]) for r in result["records"]] == [
-        ("cld", 0, 0.0), ("cld", 2, 0.0), ("cld", 0, 0.5), ("vp", 0, 0.0), ("vp", 2, 0.0), ("vp", 0, 0.5)]
-    for r in result["records"]:
-        assert 0 < r["r_solve_cpu_s"] <= r["total_cpu_s"] and r["coefficients_s"] > 0 and r["repeats"] == 3
-    cld_solve = np.median([r["r_solve_cpu_s"] for r in result["records"] if r["process"] == "cld"])
-    vp_solve = np.median([r["r_solve_cpu_s"] for r in result["records"] if r["process"] == "vp"])
-    assert cld_solve > 10 * vp_solve  # CLD solves an ODE for R_t; VP's R is a closed form
+    assert exact_score.fits(SamplerSpec("gddim", order), process, nfe) is fits
