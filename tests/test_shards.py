@@ -114,3 +114,12 @@ def test_a_generation_killed_after_its_first_shard_resumes_to_the_same_result(cl
     with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "cut.npz") as resumed:
         assert np.array_equal(whole["x"], resumed["x"]) and np.array_equal(whole["images"], resumed["images"])
     assert not shards.exists()
+
+
+def test_tune_grid_under_torchrun_writes_the_one_process_grid_once(cld_run, tmp_path):
+    command = ["tune-grid", str(cld_run), "--nfe", "5", "--batch", "4", "--candidates", "8", "--rtol", "1e-3"]
+    assert main([*command, "--out", str(tmp_path / "one.json")]) == 0
+    two = torchrun(*command, "--out", str(tmp_path / "two.json"))
+    assert two.stdout.count("grid of 4 steps for nfe=5") == 1  # rank 0 tunes, the other waits
+    one, both = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert both["times"] == one["times"]
