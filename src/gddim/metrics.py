@@ -230,7 +230,8 @@ class FeatureStats:
 
 def stats_distance(a: FeatureStats, b: FeatureStats) -> float:
     """The Fréchet distance between the Gaussians of two feature statistics:
-    |μ_a - μ_b|² + tr Σ_a + tr Σ_b - 2 tr (Σ_a Σ_b)^½, the trace of the root from the eigenvalues of Σ_a Σ_b."""
+    |μ_a - μ_b|² + tr Σ_a + tr Σ_b - 2 tr (Σ_a Σ_b)^½, the trace of the root from the eigenvalues of
+    Σ_a Σ_b."""
     (mean_a, cov_a), (mean_b, cov_b) = a.mean_cov(), b.mean_cov()
     root_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
     return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace)

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
                               "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
     p.add_argument("--out", type=non_empty, required=True, help="output folder (new, or a quickstart folder to finish)")
     p.add_argument("--steps", type=positive, default=2000, help="training steps (default 2000)")
-    p.add_argument("--num-samples", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 (default 500; "
-                   "the floor takes twice as many of the 1500 training digits)")
+    p.add_argument("--num-samples", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 "
+                   "(default 500; the floor takes twice as many of the 1500 training digits)")
     p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(run=_run_quickstart)
 
@@ -211,7 +211,8 @@ def _run_sample(args) -> int:
 
 def _check_free(prefix: Path, overwrite: bool) -> None:
     """Refuse to replace PREFIX.png / PREFIX.npz without --overwrite, before minutes of sampling."""
-    existing = [str(path) for path in (prefix.with_name(prefix.name + ext) for ext in (".png", ".npz")) if path.exists()]
+    outputs = (prefix.with_name(prefix.name + ext) for ext in (".png", ".npz"))
+    existing = [str(path) for path in outputs if path.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                               "choose another --out, or pass --overwrite to replace what is there")
