@@ -17,6 +17,7 @@ from torch.distributed.run import get_args_parser
 import gddim
 from gddim import generation
 from gddim.cli import build_parser, main
+from gddim.data import load_images
 
 SRC = Path(gddim.__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,6 +68,7 @@ def test_two_processes_sample_the_same_images_as_one(cld_run, tmp_path):
         assert np.array_equal(one["images"], both["images"])
         assert (int(one["world_size"]), int(both["world_size"])) == (1, 2)
     assert (tmp_path / "two.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+    assert load_images(str(tmp_path / "two.npz")).shape == (10, 1, 8, 8)  # written part by part, read as any .npz
     assert not (tmp_path / "two.shards").exists()  # the shards go once the .npz holds them
 
 

@@ -128,7 +128,7 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
                           for x in read_shards(files, "x"))
         write_npz(npz, {"images": pixels, "x": lambda: read_shards(files, "x")},
                   {"images": (n, h, w) if c == 1 else (n, h, w, c), "x": (n, *shape)}, {"world_size": env.world})
-        first = [torch.from_numpy(x) for x, _ in zip(read_shards(files, "x"), range(-(-256 // shard_size)))]
+        first = [torch.from_numpy(x) for x in read_shards(files[:math.ceil(256 / shard_size)], "x")]
         save_grid(torch.cat(first)[:256], png)
         shutil.rmtree(folder)
     return png, npz
