@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from torch.distributed.run import get_args_parser
 
 import gddim
@@ -67,7 +68,9 @@ def test_two_processes_sample_the_same_images_as_one(cld_run, tmp_path):
         assert one["x"].shape == (10, 1, 8, 8) and np.array_equal(one["x"], both["x"])
         assert np.array_equal(one["images"], both["images"])
         assert (int(one["world_size"]), int(both["world_size"])) == (1, 2)
-    assert (tmp_path / "two.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+    one_png, two_png = (Image.open(tmp_path / name) for name in ("one.png", "two.png"))
+    assert np.array_equal(np.asarray(one_png), np.asarray(two_png))
+    assert (one_png.text["world_size"], two_png.text["world_size"]) == ("1", "2")
     assert load_images(str(tmp_path / "two.npz")).shape == (10, 1, 8, 8)  # written part by part, read as any .npz
     assert not (tmp_path / "two.shards").exists()  # the shards go once the .npz holds them
 
@@ -86,6 +89,8 @@ def test_two_processes_evaluate_to_the_same_distance_as_one(cld_run, tmp_path):
         with np.load(shard) as a, np.load(tmp_path / "two" / shard.relative_to(tmp_path / "one")) as b:
             assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["features"], b["features"])
             assert (int(a["world_size"]), int(b["world_size"])) == (1, 2)
+    for picture in ("quality_vs_nfe.png", "grids/ancestral_nfe5.png"):
+        assert Image.open(tmp_path / "two" / picture).text["world_size"] == "2"
 
 
 def test_a_generation_killed_after_its_first_shard_resumes_to_the_same_result(cld_run, tmp_path, monkeypatch):

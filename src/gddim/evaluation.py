@@ -159,7 +159,8 @@ class _Sweep:
                 stats.add(torch.from_numpy(features))
             if self.out_dir is not None and (self.grid_nfes is None or nfe in self.grid_nfes):
                 first = next(read_shards(files[:1], "images"))[:64]
-                save_grid(from_uint8(first), self.out_dir / "grids" / f"{name}.png")
+                save_grid(from_uint8(first), self.out_dir / "grids" / f"{name}.png",
+                          text={"world_size": str(self.env.world)})
         return {**record, "fd": stats_distance(self.metric.reference, stats), "floor": self.metric.floor,
                 "seconds": time.perf_counter() - began}
 
@@ -241,6 +242,6 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     ax.legend(fontsize=7, ncols=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"world_size": str(result.get("world_size", 1))})
     return path
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_file
 from .checkpoints import Checkpoint, load_checkpoint
@@ -69,9 +70,11 @@ def from_uint8(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48) -> Path:
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48,
+              text: dict[str, str] | None = None) -> Path:
     """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
-    least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
+    least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8). text: PNG text
+    entries (e.g. the world size that made the images)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
     pixels = to_uint8(images)
@@ -88,7 +91,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        picture.save(tmp, format="PNG")
+        info = PngInfo()
+        for key, value in (text or {}).items():
+            info.add_text(key, value)
+        picture.save(tmp, format="PNG", pnginfo=info)
     return path
 
 
@@ -129,6 +135,6 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
         write_npz(npz, {"images": pixels, "x": lambda: read_shards(files, "x")},
                   {"images": (n, h, w) if c == 1 else (n, h, w, c), "x": (n, *shape)}, {"world_size": env.world})
         first = [torch.from_numpy(x) for x in read_shards(files[:math.ceil(256 / shard_size)], "x")]
-        save_grid(torch.cat(first)[:256], png)
+        save_grid(torch.cat(first)[:256], png, text={"world_size": str(env.world)})
         shutil.rmtree(folder)
     return png, npz
