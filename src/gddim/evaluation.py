@@ -15,10 +15,9 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, make_folder
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
-from .errors import SettingsError
 from .distributed import ProcessGroup, from_rank0, process_group
 from .generation import from_uint8, sample_images, save_grid, to_uint8
 from .metrics import (FeatureStats, classifier_features, inception_features, load_feature_net, real_split,
@@ -41,7 +40,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
              grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic",
-             shard_size: int = 1000) -> dict:
+             shard_size: int = 1000, model_options: dict | None = None) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
@@ -53,6 +52,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
     when given), and under shards/ each record's samples (uint8) and features, shard by shard as they are made
     (gddim.shards). A rerun of the same evaluation keeps the records metrics.json holds and the shards made.
     grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
+    model_options: how gddim.sample runs the network (compile, autocast), kept in metrics.json.
     Under torchrun the ranks split every record's samples and rank 0 writes; every rank returns the result.
     """
     with process_group(device) as env:
@@ -66,9 +66,10 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
         metric = _metric(checkpoint, model, real, n, seed, feature_net, inception, env)
         result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
                   "data": checkpoint.meta.get("data"), "metric": metric.name, "n": metric.n, "seed": seed,
-                  "batch": batch, "grid": str(grid), "floor": metric.floor, "world_size": env.world, "records": []}
+                  "batch": batch, "grid": str(grid), "floor": metric.floor, "world_size": env.world,
+                  **({"model_options": model_options} if model_options else {}), "records": []}
         sweep = _Sweep(process, model, metric, result, seed, batch, grid, shard_size, env, progress,
-                       Path(out_dir) if out_dir is not None else None, save_metrics, grid_nfes)
+                       Path(out_dir) if out_dir is not None else None, save_metrics, grid_nfes, model_options or {})
         return from_rank0(sweep.run(samplers, nfes), env.world)
 
 
@@ -119,6 +120,7 @@ class _Sweep:
     out_dir: Path | None
     save_metrics: bool
     grid_nfes: list[int] | None
+    model_options: dict
 
     def run(self, samplers: list[SamplerSpec], nfes: list[int]) -> dict | None:
         metrics = self.out_dir / "metrics.json" if self.out_dir is not None and self.save_metrics else None
@@ -134,7 +136,7 @@ class _Sweep:
                 if self.progress:
                     _print_record(record, kept=key in finished)
                 if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                    metrics.parent.mkdir(parents=True, exist_ok=True)
+                    make_folder(metrics.parent)
                     atomic_write_text(metrics, json.dumps(self.result, indent=2))
         if metrics is not None and self.env.is_main:
             save_metrics_and_plot(self.result, metrics.parent)
@@ -169,7 +171,7 @@ class _Sweep:
 
         def make(samples: range) -> dict[str, torch.Tensor]:
             x = sample_images(self.process, self.model, len(samples), nfe, **sampler.options(), seed=self.seed,
-                              batch=self.batch, grid=self.grid, first=samples.start)
+                              batch=self.batch, grid=self.grid, first=samples.start, **self.model_options)
             with torch.no_grad():
                 return {"images": torch.from_numpy(to_uint8(x)), "features": self.metric.features(x)}
 
@@ -203,7 +205,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
@@ -241,7 +243,7 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, ncols=2)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fig.savefig(path, dpi=120, metadata={"world_size": str(result.get("world_size", 1))})
     return path
 

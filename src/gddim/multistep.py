@@ -20,6 +20,7 @@ from .errors import SettingsError
 from .processes import LinearProcess
 
 PREDICTIONS = ("eps", "data")
+OUTPUTS = ("eps", "data", "velocity")  # what the model returns: ε_R, the data prediction x̂, or dx_t/dt (flow)
 INTERPOLATIONS = ("t", "sqrt_t", "logsnr")
 FINAL_STEPS = ("integrate", "data")
 LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' multistep schedulers use the same threshold
@@ -49,6 +50,19 @@ def interpolation_variable(process: LinearProcess, name: str):
 
         return rho, drho
     raise SettingsError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
+
+
+def check_start(process: LinearProcess, ts: np.ndarray, output: str, interpolation: str) -> None:
+    """Refuse grids no step can start on: Ψ(t,0) = 0 for an ε-model (flow matching at t = 1), and an infinite
+    log-SNR for the "logsnr" interpolation."""
+    if output == "eps" and not np.any(process.mean_coef(ts[:1])):
+        raise SettingsError(f"{process.name} has Ψ(t,0) = 0 at t = {ts[0]:g}: the state there is pure noise and an "
+                            "ε-model says nothing about the data, so no step can start from it. Pass a model that "
+                            "predicts the velocity or the data with output='velocity' or output='data', or start "
+                            "below it (t_start < 1)")
+    if interpolation == "logsnr" and not np.all(np.isfinite(process.log_snr(ts))):
+        raise SettingsError(f"interpolation='logsnr' needs a finite log-SNR on the grid; {process.name}'s is infinite "
+                            f"at t = {ts[0]:g} or {ts[-1]:g}: use interpolation='t' or 'sqrt_t'")
 
 
 def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
@@ -111,17 +125,23 @@ def _coefficients(ts, degrees, ahead, ends, tau, w, rho, drho) -> np.ndarray:
 
 
 def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float = 0.0, prediction: str = "eps",
-              corrector: bool = False, interpolation: str = "t", lower_order_final: bool = False) -> Recursion:
+              corrector: bool = False, interpolation: str = "t", lower_order_final: bool = False,
+              output: str = "eps") -> Recursion:
     """Multistep gDDIM of order q in the ε or data form, with an optional corrector (no extra model call).
 
-    The data form keeps h_i = u_i - R_i ε_i = M_i x̂_i (the denoised state) and folds M_{i-j}⁻¹ into the
-    float64 coefficients, so the float32 loop never divides by BDM's 1e-5 entries of M.
+    The data form with an ε-model keeps h_i = u_i - R_i ε_i = M_i x̂_i (the denoised state) and folds M_{i-j}⁻¹
+    into the float64 coefficients, so the float32 loop never divides by BDM's 1e-5 entries of M. A model of
+    another output (OUTPUTS) gives x̂ itself, or through x̂ = P u + Q v (velocity): nothing to fold, which is
+    what lets flow matching start at t = 1, where M = 0.
     λ > 0 is the data form only: ε along a stochastic path is noise, x̂ is not.
     """
     if prediction not in PREDICTIONS:
         raise SettingsError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if lam > 0 and prediction != "data":
         raise SettingsError("stochastic multistep (lam > 0) extrapolates the data prediction: use prediction='data'")
+    if output not in OUTPUTS or (output != "eps" and prediction != "data"):
+        raise SettingsError(f"output must be one of {OUTPUTS}, and anything but 'eps' needs prediction='data' "
+                            f"(a history of x̂); got output={output!r}, prediction={prediction!r}")
     t, s = ts[:-1], ts[1:]
     n = len(t)
     rho, drho = interpolation_variable(process, interpolation)
@@ -132,7 +152,9 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     C = _coefficients(ts, degrees, 0, ends, tau, w, rho, drho)
     redo = _coefficients(ts, degrees, 1, ends, tau, w, rho, drho) if corrector else None
     P = Q = None
-    if prediction == "data":
+    if output == "velocity":
+        P, Q = process.data_from_velocity(t)
+    elif prediction == "data" and output == "eps":
         m_inv = np.linalg.inv(process.mean_coef(ts))
         C = C @ m_inv[np.arange(n)[:, None] - np.arange(C.shape[1])[None, :]]  # M_{i-j}⁻¹; wrapped indices meet zeros
         if corrector:
@@ -143,10 +165,14 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     return Recursion(times=t, next_times=s, A=ends[0], C=C, S=S, P=P, Q=Q, corrector=redo).corrector_off([n - 1])
 
 
-def final_data_step(process: LinearProcess, t_end: float) -> Recursion:
+def final_data_step(process: LinearProcess, t_end: float, output: str = "eps") -> Recursion:
     """The last NFE spent on the data prediction x̂(u, t_end) = M⁻¹(u - R ε) (FAST §4); for CLD the posterior
     mean of (x_0, 0) given (x, v), in place of the Euler-Maruyama denoising step."""
     t = np.array([t_end])
+    if output != "eps":
+        P, Q = process.data_from_velocity(t) if output == "velocity" else (None, None)
+        eye = blocks.eye(process.modes, process.k)[None]
+        return Recursion(times=t, next_times=np.array([0.0]), A=np.zeros_like(eye), C=eye[:, None], P=P, Q=Q)
     m_inv = np.linalg.inv(process.mean_coef(t))
     zero = np.zeros_like(m_inv)
     return Recursion(times=t, next_times=np.array([0.0]), A=zero, C=m_inv[:, None],

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .atomic import atomic_file, atomic_write_text
+from .atomic import atomic_file, atomic_write_text, make_folder
 from .errors import SamplerError
 from .distributed import ProcessGroup, gather_to_rank0, run_on_rank0
 
@@ -96,7 +96,7 @@ def _gather(generation: Generation, index: int | None, arrays: dict | None, erro
 
 def _missing_shards(generation: Generation, folder: Path) -> list[int]:
     """The indices of the shards folder lacks (absent, cut short or unreadable); shards of other settings go."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     manifest = folder / MANIFEST
     settings = json.loads(json.dumps({**generation.settings, "n": generation.n, "shard_size": generation.shard_size}))
     try:
