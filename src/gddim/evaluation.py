@@ -176,6 +176,7 @@ class _Sweep:
                 return {"images": torch.from_numpy(to_uint8(x)), "features": self.metric.features(x)}
 
         settings = {key: self.result[key] for key in ("checkpoint", "step", "metric", "seed", "grid")}
+        settings["model_options"] = self.model_options
         fields = {"images": ((shape[1], shape[2], shape[0]), torch.uint8),
                   "features": ((self.metric.dim,), torch.float64)}
         return Generation(self.metric.n, self.shard_size, make, fields, {**settings, "sampler": sampler.label,

@@ -111,11 +111,12 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
 
 def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n: int, nfe: int, options: dict,
                   env: ProcessGroup, seed: int = 0, batch: int = 500, grid="quadratic", shard_size: int = 1000,
-                  source: str = "", progress: bool = True) -> tuple[Path, Path]:
+                  source: str = "", progress: bool = True, model_options: dict | None = None) -> tuple[Path, Path]:
     """PREFIX.npz (as save_npz writes it, with the world size) and PREFIX.png (the first 256) of n samples made in
     shards under PREFIX.shards/ (gddim.shards): a rerun after an interruption makes only the missing shards, and
-    the folder goes once the .npz is written. options: keyword arguments of sample_images (method, order, ...);
-    source names the model in the shards' settings. Under torchrun the ranks split the shards, rank 0 writes."""
+    the folder goes once the .npz is written. options: the sampler's keyword arguments of sample_images (method,
+    order, ...); model_options: how gddim.sample runs the network (compile, autocast); source names the model in
+    the shards' settings. Under torchrun the ranks split the shards, rank 0 writes."""
     prefix = Path(prefix)
     png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
     folder = prefix.with_name(prefix.name + ".shards")
@@ -124,9 +125,10 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
 
     def make(samples: range) -> dict[str, torch.Tensor]:
         return {"x": sample_images(process, model, len(samples), nfe, **options, seed=seed, batch=batch, grid=grid,
-                                   first=samples.start).float()}
+                                   first=samples.start, **(model_options or {})).float()}
 
-    settings = {"source": source, "sampler": options, "nfe": nfe, "seed": seed, "grid": str(grid)}
+    settings = {"source": source, "sampler": options, "nfe": nfe, "seed": seed, "grid": str(grid),
+                "model_options": model_options or {}}
     files = generate(Generation(n, shard_size, make, {"x": (shape, torch.float32)}, settings), folder, env, progress)
     if env.is_main:
         c, h, w = shape

@@ -49,7 +49,7 @@ def run(args) -> int:
 
     prefix = Path(args.out)
     options = {"method": args.method, "order": args.order, "lam": args.lam, "parameterization": args.param,
-               **_form(args), **model_call(args)}
+               **_form(args)}
     with process_group(args.device) as group:
         run_on_rank0(group, _check_free, prefix, args.overwrite)
         if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
@@ -59,7 +59,7 @@ def run(args) -> int:
             checkpoint = load_checkpoint(args.checkpoint)
             process, model, source = checkpoint.process(), checkpoint.network("ema", group.device), str(checkpoint.path)
         grid, npz = write_samples(process, model, prefix, args.num_samples, args.nfe, options, group, args.seed,
-                                  args.batch, args.grid, args.shard_size, source)
+                                  args.batch, args.grid, args.shard_size, source, model_options=model_call(args))
         if group.is_main:
             print(f"{args.num_samples} samples ({group.world} process{'es' if group.world > 1 else ''}): grid {grid}, "
                   f"arrays {npz}")
