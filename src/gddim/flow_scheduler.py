@@ -23,10 +23,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .coefficients import Recursion
-from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal, _sampler_options
+from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal
 from .processes import FlowMatching
 from .multistep import check_start
 from .sampling import Stepper, integrator
+from .scheduler_options import sampler_options
 
 PREDICTION_TYPES = {"flow_prediction": "velocity", "sample": "data"}  # diffusers' name -> the engine's output
 TIME_SHIFT_TYPES = ("exponential", "linear")
@@ -73,9 +74,9 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         defaults = set(self.config.get("_use_default_values", []))
         self.register_to_config(_use_default_values=sorted(defaults - set(ALWAYS_SHARED)))
         # the data form (x̂ history) of GDDIMScheduler's options, fed with the model's own output kind
-        order, lam, options = _sampler_options(solver_order, data=True, use_corrector=use_corrector,
-                                               lower_order_final=lower_order_final, interpolation=interpolation,
-                                               lam=lam, to_one=False)
+        order, lam, options = sampler_options(solver_order, data=True, use_corrector=use_corrector,
+                                              lower_order_final=lower_order_final, interpolation=interpolation,
+                                              lam=lam, to_one=False)
         self._options = order, lam, replace(options, output=PREDICTION_TYPES[prediction_type])
         self._shift = resolved
         self.process = FlowMatching()
