@@ -110,7 +110,8 @@ class _Features(nn.Module):
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000) -> float:
     """Fréchet distance between real and fake images (N, C, H, W) in [-1, 1] in feature_net's feature space.
 
-    torchmetrics accumulates the feature sums and covariances and takes the distance in float64.
+    torchmetrics accumulates the feature sums and covariances and takes the distance in float64. Under torchrun
+    its compute() gathers from every rank, so one rank alone would wait forever: there use FeatureStats.
     """
     for name, x in (("real", real), ("fake", fake)):
         if x.shape[0] < 2:
