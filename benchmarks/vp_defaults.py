@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import gddim
+from gddim.atomic import write_json
 from gddim.bench import peers
 from gddim.bench.diffusers_vp import DiffusersVP
-from gddim.atomic import write_json
 from gddim.data import load_images
 from gddim.spec import SamplerSpec
 
