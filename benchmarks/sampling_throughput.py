@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gddim.bench.records import machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import machine_info
 from gddim.distributed import process_group
 from gddim.generation import sample_images, write_samples
 from gddim.networks import EpsModel, preset

@@ -20,7 +20,7 @@ from pathlib import Path
 import gddim
 from gddim.bench import peers
 from gddim.bench.diffusers_vp import DiffusersVP
-from gddim.bench.records import write_json
+from gddim.atomic import write_json
 from gddim.data import load_images
 from gddim.spec import SamplerSpec
 
