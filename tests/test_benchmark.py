@@ -142,9 +142,12 @@ def test_variants_that_do_not_fit_the_budget_are_skipped(name, nfe, order, fits)
 
 
 def test_coefficient_build_times_report_r_solve_and_medians():
-    result = benchmark.coefficient_build_times(("cld", "vp"), nfes=(10,), orders=(0, 2), repeats=3, progress=False)
-    assert [(r["process"], r["order"], r["lam"]) for r in result["records"]] == [
-        ("cld", 0, 0.0), ("cld", 2, 0.0), ("cld", 0, 0.5), ("vp", 0, 0.0), ("vp", 2, 0.0), ("vp", 0, 0.5)]
+    variant = (2, 0.5, {"prediction": "data", "corrector": True})
+    result = benchmark.coefficient_build_times(("cld", "vp"), nfes=(10,), orders=(0, 2), repeats=3, progress=False,
+                                               variants=(variant,))
+    assert [(r["process"], r["order"], r["lam"], r.get("options")) for r in result["records"]] == [
+        (name, *config) for name in ("cld", "vp")
+        for config in [(0, 0.0, None), (2, 0.0, None), (0, 0.5, None), (2, 0.5, variant[2])]]
     for r in result["records"]:
         assert 0 < r["r_solve_cpu_s"] <= r["total_cpu_s"] and r["coefficients_s"] > 0 and r["repeats"] == 3
     cld_solve = np.median([r["r_solve_cpu_s"] for r in result["records"] if r["process"] == "cld"])

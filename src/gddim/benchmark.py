@@ -34,7 +34,7 @@ from .exact import exact_eps
 from .grids import steps_for_nfe
 from .processes import PROCESSES, LinearProcess, make_process
 from .sampling import DEFAULT_ORDER, EpsFn, SamplerError, plan, reference_ode, run_recursion, sample
-from .sweeps import COEFFICIENT_NFES, NFES, REFERENCE_RTOL
+from .sweeps import COEFFICIENT_NFES, COEFFICIENT_VARIANTS, NFES, REFERENCE_RTOL
 
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
 L_VS_R_NFES = (10, 20, 50)
@@ -409,23 +409,25 @@ def plot_process(records: list[dict], process_name: str, path: Path, dataset: st
 
 def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes: tuple[int, ...] = COEFFICIENT_NFES,
                             orders: tuple[int, ...] = COEFFICIENT_ORDERS, lam: float = 0.5, repeats: int = 5,
-                            bdm_image_size: int = 32, command: str | None = None, progress: bool = True) -> dict:
+                            bdm_image_size: int = 32, command: str | None = None, progress: bool = True,
+                            variants: tuple = COEFFICIENT_VARIANTS) -> dict:
     """Seconds to build one sampler's coefficients for a new grid from a cold start, medians over repeats.
 
     Every repeat builds a fresh process, so CLD's R_t solve is inside `total`; it is also timed alone
     (`r_solve`, the fresh process and its first R call) and `coefficients` is the rest (sampling.plan).
     Wall-clock (`*_s`) and CPU time of this process (`*_cpu_s`, less disturbed by other jobs on a shared
-    machine) are both reported. Configurations: gddim of each order (deterministic, R) and stochastic
-    gddim at λ = `lam` (q = 0).
+    machine) are both reported. Configurations: gddim of each order (deterministic, R), stochastic gddim at
+    λ = `lam` (q = 0), then each (order, λ, multistep options) of `variants` (records with "options").
     """
     if repeats < 1:
         raise SettingsError(f"repeats must be >= 1, got {repeats}")
-    configs = [(q, 0.0) for q in orders] + [(0, lam)]
-    jobs = [(name, nfe, q, l) for name in processes for nfe in nfes for q, l in configs]
+    configs = [(q, 0.0, {}) for q in orders] + [(0, lam, {})] + [(q, l, dict(o)) for q, l, o in variants]
+    jobs = [(name, nfe, *config) for name in processes for nfe in nfes for config in configs]
     records = []
-    for name, nfe, q, l in tqdm(jobs, disable=not progress, desc="coefficient build"):
-        times = np.array([_cold_build(name, nfe, q, l, bdm_image_size) for _ in range(repeats)])  # (repeats, 2, 2)
-        record = {"process": name, "nfe": nfe, "order": q, "lam": l, "repeats": repeats}
+    for name, nfe, q, l, options in tqdm(jobs, disable=not progress, desc="coefficient build"):
+        times = np.array([_cold_build(name, nfe, q, l, bdm_image_size, options) for _ in range(repeats)])
+        record = {"process": name, "nfe": nfe, "order": q, "lam": l, "repeats": repeats} | (
+            {"options": options} if options else {})
         for clock, suffix in ((0, "s"), (1, "cpu_s")):
             record[f"total_{suffix}"] = float(np.median(times[:, clock].sum(1)))
             record[f"r_solve_{suffix}"] = float(np.median(times[:, clock, 0]))
@@ -435,20 +437,21 @@ def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes:
     for name in processes:
         worst = max((r for r in records if r["process"] == name), key=lambda r: r["total_cpu_s"])
         summary[name] = {"slowest_total_cpu_s": worst["total_cpu_s"], "its_total_s": worst["total_s"],
-                         "at": {k: worst[k] for k in ("nfe", "order", "lam")},
+                         "at": {k: worst[k] for k in ("nfe", "order", "lam", "options") if k in worst},
                          "median_r_solve_cpu_s": float(np.median([r["r_solve_cpu_s"] for r in records if r["process"] == name]))}
     return {"benchmark": "coefficient build time from a cold start (BENCHMARKS.md §3)",
             "bdm_image_size": bdm_image_size, "records": records, "summary": summary,
             "machine": machine_info(device="cpu"), "command": command}
 
 
-def _cold_build(name: str, nfe: int, order: int, lam: float, bdm_image_size: int) -> list[list[float]]:
+def _cold_build(name: str, nfe: int, order: int, lam: float, bdm_image_size: int,
+                options: dict) -> list[list[float]]:
     """[[wall, cpu] seconds for a fresh process and its first R call, [wall, cpu] for sampling.plan after it]."""
     clocks = (time.perf_counter, time.process_time)
     start = [c() for c in clocks]
     process = make_process(name, (bdm_image_size, bdm_image_size))
     process.R(process.t_end)
     solved = [c() for c in clocks]
-    plan(process, nfe, "gddim", order, lam)
+    plan(process, nfe, "gddim", order, lam, **options)
     done = [c() for c in clocks]
     return [[solved[i] - start[i], done[i] - solved[i]] for i in range(2)]
