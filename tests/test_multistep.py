@@ -130,31 +130,32 @@ def test_data_coefficients_equal_direct_quadrature(name, lam, interpolation):
     ts = gddim.time_grid(process, 5)
     rho, _ = multistep.interpolation_variable(process, interpolation)
     rec = multistep.multistep(process, ts, 2, lam, "data", corrector=True, interpolation=interpolation)
-    D, Dc = unfolded(rec, process, ts), unfolded(rec, process, ts, corrector=True)
-    mode = process.modes - 1
-    for i in (2, 3):
-        pred = direct_integrals(process, lam, mode, ts[i - 2: i + 1][::-1], rho, ts[i], ts[i + 1])
-        corr = direct_integrals(process, lam, mode, ts[i - 2: i + 2][::-1], rho, ts[i], ts[i + 1])
-        assert ref.rel_err(D[i, :, mode], pred) < 1e-9, i
-        assert ref.rel_err(Dc[i, :, mode], corr) < 1e-9, i
+    compare_with_quadrature(process, rec, ts, rho, (2, 3), lam)
 
 
 @pytest.mark.parametrize("name,interpolation", [("vp-linear", "t"), ("cld", "logsnr"), ("bdm", "sqrt_t")])
 def test_long_grid_coefficients_equal_direct_quadrature(name, interpolation):
-    """Above 128 steps the rule has 6 Gauss points per step (coefficients.step_quadrature): on a 200-step grid the
-    data-form predictor and corrector still equal adaptive quadrature to 1e-9 relative, at the first multistep
-    step, mid-grid and near the end (BDM: its most blurred mode)."""
+    """Long grids have fewer Gauss points per step (coefficients.step_quadrature: 6 above 128 steps, 4 above 800):
+    on 200- and 900-step grids the data-form predictor and corrector still equal adaptive quadrature to 1e-9
+    relative, at the first multistep step, mid-grid and near the end (BDM: its most blurred mode)."""
     process = ref.build(name)
-    ts = gddim.time_grid(process, 200)
-    rho, _ = multistep.interpolation_variable(process, interpolation)
-    rec = multistep.multistep(process, ts, 2, 0.0, "data", corrector=True, interpolation=interpolation)
+    for steps in (200, 900):
+        ts = gddim.time_grid(process, steps)
+        rho, _ = multistep.interpolation_variable(process, interpolation)
+        rec = multistep.multistep(process, ts, 2, 0.0, "data", corrector=True, interpolation=interpolation)
+        compare_with_quadrature(process, rec, ts, rho, (2, steps // 2, steps - 2))
+
+
+def compare_with_quadrature(process, rec, ts, rho, steps, lam=0.0):
+    """Predictor (nodes t_i..t_{i-2}) and corrector (t_{i+1}..t_{i-2}) of q = 2 at the given steps against
+    direct_integrals, to 1e-9 relative, on the last (for BDM the most blurred) mode."""
     D, Dc = unfolded(rec, process, ts), unfolded(rec, process, ts, corrector=True)
     mode = process.modes - 1
-    for i in (2, 100, 198):
-        pred = direct_integrals(process, 0.0, mode, ts[i - 2: i + 1][::-1], rho, ts[i], ts[i + 1])
-        corr = direct_integrals(process, 0.0, mode, ts[i - 2: i + 2][::-1], rho, ts[i], ts[i + 1])
-        assert ref.rel_err(D[i, :, mode], pred) < 1e-9, i
-        assert ref.rel_err(Dc[i, :, mode], corr) < 1e-9, i
+    for i in steps:
+        pred = direct_integrals(process, lam, mode, ts[i - 2: i + 1][::-1], rho, ts[i], ts[i + 1])
+        corr = direct_integrals(process, lam, mode, ts[i - 2: i + 2][::-1], rho, ts[i], ts[i + 1])
+        assert ref.rel_err(D[i, :, mode], pred) < 1e-9, (len(ts), i)
+        assert ref.rel_err(Dc[i, :, mode], corr) < 1e-9, (len(ts), i)
 
 
 @pytest.mark.parametrize("name", PROCESSES)
