@@ -122,6 +122,21 @@ def ratios(records: list[dict], field: str = "path_error") -> dict:
     return out
 
 
+def goal_rows(records: list[dict]) -> list[dict]:
+    """Per process and variant, at each NFE: path error and its ratio to the baseline's, the flipped samples, the
+    unflipped samples' path error and its ratio, the data error (the README's goal tables)."""
+    base = {(r["process"], r["nfe"]): r for r in records if r["options"] == BASELINE}
+    rows: dict = {}
+    for r in records:
+        b = base.get((r["process"], r["nfe"]))
+        ratio = lambda field: r[field] / b[field] if b and r[field] is not None and b[field] else None
+        row = rows.setdefault((r["process"], r["label"]), {"process": r["process"], "label": r["label"], "by_nfe": {}})
+        row["by_nfe"][r["nfe"]] = {"path_error": r["path_error"], "ratio": ratio("path_error"),
+                                   "flipped": r["flipped"], "unflipped_path_error": r["unflipped_path_error"],
+                                   "unflipped_ratio": ratio("unflipped_path_error"), "data_error": r["data_error"]}
+    return list(rows.values())
+
+
 def best(ratio: dict, nfes: list[int]) -> dict:
     """Per process, the variants ranked by the geometric mean over NFE of a ratio (all NFEs present)."""
     out = {}
@@ -211,7 +226,8 @@ def main(argv=None) -> None:
         "reference": references, "best": ranking, "ratio_path_error": ratio,
         "ratio_data_error": ratios(records, "data_error"),
         "ratio_median_sample_path_error": ratios(records, "median_sample_path_error"),
-        "ratio_unflipped_path_error": ratios(records, "unflipped_path_error"), "records": records,
+        "ratio_unflipped_path_error": ratios(records, "unflipped_path_error"), "goal": goal_rows(records),
+        "records": records,
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info(device="cpu (exact ε in float64)"),
         "command": "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py " + " ".join(argv or sys.argv[1:]),
