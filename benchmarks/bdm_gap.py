@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import data_error, machine_info, write_json
+from gddim.bench.records import data_error, machine_info, write_json
 from gddim.data import load_images
 from gddim.processes import make_process
 

@@ -10,7 +10,8 @@ For VP, CLD and BDM on digits (exact ε of the whole set, batch 64, float64): pa
 ODE solution) and data error (to the nearest data point) at NFE 5, 10, 15, 20, 50 for today's gDDIM q = 2 on the
 quadratic grid (the baseline) and for the variants: ε or data form, corrector, q = 1..3, interpolation
 t / sqrt_t / logsnr, grid quadratic / logsnr / uniform, lower_order_final, final data step. Writes results.json
-(records, ratios to the baseline, the best setting per process) and one PNG per process.
+(records with the sampler's spec (gddim.spec) and its grid, ratios to the baseline, the best setting per process)
+and one PNG per process.
 
 --goal measures issue 9's CLD/BDM goal (the default at most 0.5x the baseline's path error at NFE 10 and 20) on
 GOAL: the default beside what FAST.md offers per process (interpolation, order, lower order at the end, final data
@@ -30,9 +31,11 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import (benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json)
+from gddim.bench.records import benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json
 from gddim.data import load_images
+from gddim.errors import SettingsError
 from gddim.processes import make_process
+from gddim.spec import SamplerSpec
 
 NFES = (5, 10, 15, 20, 50)
 BASELINE = dict(order=2, grid="quadratic")
@@ -74,8 +77,15 @@ GOAL = [dict(BASELINE), dict(DEFAULT)] + [
         dict(lam=0.5), dict(lam=1.0, order=2)]]
 
 
+def spec_and_grid(options: dict) -> tuple[SamplerSpec, str]:
+    """A variant's keyword arguments of gddim.sample as its sampler spec and its grid."""
+    return SamplerSpec(**{k: v for k, v in options.items() if k != "grid"}), options["grid"]
+
+
 def label(options: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in options.items())
+    """The key of a variant in the ratios and the ranking: its canonical spec on its grid."""
+    spec, grid = spec_and_grid(options)
+    return f"{spec} on {grid}"
 
 
 def nearest_index(x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
@@ -96,14 +106,15 @@ def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, cand
         start = time.perf_counter()
         try:
             x = gddim.sample(process, eps_fn, u_T, nfe, generator=torch.Generator().manual_seed(1), **options)
-        except ValueError as error:  # too few steps for the order at this NFE
+        except SettingsError as error:  # too few steps for the order at this NFE
             print(f"{name} NFE {nfe} {label(options)}: {error}", file=sys.stderr)
             continue
         path = rms_error(x, x_ref)
         # a few samples that end on another data point dominate the RMS: the median sample shows the rest
         per_sample = (x - x_ref).double().flatten(1).pow(2).mean(1).sqrt()
         kept = nearest_index(x, data) == ref_nearest
-        records.append(dict(process=name, label=label(options), options=options, nfe=nfe,
+        spec, grid = spec_and_grid(options)
+        records.append(dict(process=name, sampler=spec.label, grid=grid, label=label(options), nfe=nfe,
                             path_error=path if math.isfinite(path) else None, data_error=data_error(x, data),
                             median_sample_path_error=float(per_sample.median()), flipped=int((~kept).sum()),
                             unflipped_path_error=float(per_sample[kept].pow(2).mean().sqrt()) if kept.any() else None,
@@ -113,7 +124,7 @@ def measure_process(name: str, data: torch.Tensor, batch: int, rtol: float, cand
 
 def ratios(records: list[dict], field: str = "path_error") -> dict:
     """{process: {label: {nfe: error / baseline error}}}."""
-    base = {(r["process"], r["nfe"]): r[field] for r in records if r["options"] == BASELINE}
+    base = {(r["process"], r["nfe"]): r[field] for r in records if r["label"] == label(BASELINE)}
     out: dict = {}
     for r in records:
         b = base.get((r["process"], r["nfe"]))
@@ -125,7 +136,7 @@ def ratios(records: list[dict], field: str = "path_error") -> dict:
 def goal_rows(records: list[dict]) -> list[dict]:
     """Per process and variant, at each NFE: path error and its ratio to the baseline's, the flipped samples, the
     unflipped samples' path error and its ratio, the data error (the README's goal tables)."""
-    base = {(r["process"], r["nfe"]): r for r in records if r["options"] == BASELINE}
+    base = {(r["process"], r["nfe"]): r for r in records if r["label"] == label(BASELINE)}
     rows: dict = {}
     for r in records:
         b = base.get((r["process"], r["nfe"]))
@@ -222,13 +233,13 @@ def main(argv=None) -> None:
             "flipped": "samples whose nearest data point is not x_ref's nearest data point",
             "unflipped_path_error": "path error over the samples that are not flipped",
             "ranking": "geometric mean over the NFEs of the ratio, best first",
+            "label": "the sampler's canonical spec (gddim.spec) on its grid",
         },
         "reference": references, "best": ranking, "ratio_path_error": ratio,
         "ratio_data_error": ratios(records, "data_error"),
         "ratio_median_sample_path_error": ratios(records, "median_sample_path_error"),
         "ratio_unflipped_path_error": ratios(records, "unflipped_path_error"), "goal": goal_rows(records),
-        "records": records,
-        "seconds": round(time.perf_counter() - started, 1),
+        "records": records, "seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info(device="cpu (exact ε in float64)"),
         "command": "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py " + " ".join(argv or sys.argv[1:]),
     }

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gddim.evaluation import evaluate
-from gddim.training import find_checkpoint
+from gddim.checkpoints import find_checkpoint
 
 HERE = Path(__file__).resolve().parent
 SAMPLERS, NFES, N = ["gddim:q=2", "em"], [20, 50], 500

@@ -20,22 +20,24 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import benchmark_images, machine_info, write_json
+from gddim.bench.records import benchmark_images, machine_info, write_json
+from gddim.errors import SettingsError
 from gddim.processes import make_process
 from gddim.sampling import SamplerError, check_sampler
+from gddim.spec import SamplerSpec
 
 NFES = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK = {"batch": 4, "nfes": (5, 10), "data_points": 100}  # the smoke-test size of --quick
-# (label, keyword arguments of gddim.sample, the processes it runs on or None for all): add a sampler with one line
+# (sampler spec, the processes it runs on or None for all): add a sampler with one line
 SAMPLERS = [
-    *((f"gddim q={q}", {"method": "gddim", "order": q}, None) for q in range(4)),
-    *((f"gddim q={q} L", {"method": "gddim", "order": q, "parameterization": "L"}, None) for q in range(4)),
-    ("gddim λ=0.5", {"method": "gddim", "lam": 0.5}, None),
-    ("gddim λ=1", {"method": "gddim", "lam": 1.0}, None),
-    ("euler", {"method": "euler"}, None),
-    ("em", {"method": "em"}, None),
-    ("ancestral", {"method": "ancestral"}, ("vp", "bdm")),  # on CLD it is the gddim λ=1 record
-    ("sscs", {"method": "sscs"}, ("cld",)),
+    *((SamplerSpec(order=q), None) for q in range(4)),
+    *((SamplerSpec(order=q, parameterization="L"), None) for q in range(4)),
+    (SamplerSpec(lam=0.5), None),
+    (SamplerSpec(lam=1.0), None),
+    (SamplerSpec("euler"), None),
+    (SamplerSpec("em"), None),
+    (SamplerSpec("ancestral"), ("vp", "bdm")),  # on CLD it is the gddim:lam=1 record
+    (SamplerSpec("sscs"), ("cld",)),
 ]
 PROCESSES = ("vp", "cld", "bdm")
 WORST_PER_PROCESS = 5
@@ -77,19 +79,19 @@ def sweep(name: str, data: torch.Tensor, nfes, batch: int, seed: int, progress: 
     u_T = process.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(seed),
                                dtype=torch.float64)
     records = []
-    for label, options, only in SAMPLERS:
+    for spec, only in SAMPLERS:
         if only is not None and name not in only:
             continue
         for nfe in nfes:
             try:
-                check_sampler(process, nfe, **options)
-            except (SamplerError, ValueError):  # too few steps for the order: not a numerics case
+                check_sampler(process, nfe, **spec.options())
+            except (SamplerError, SettingsError):  # too few steps for the order: not a numerics case
                 continue
-            records.append({"process": name, "sampler": label, **options, "nfe": nfe,
-                            **run_pair(process, eps64, u_T, nfe, options, seed + 1)})
+            records.append({"process": name, "sampler": spec.label, "nfe": nfe,
+                            **run_pair(process, eps64, u_T, nfe, spec.options(), seed + 1)})
             if progress:
                 r = records[-1]
-                print(f"{name} {label:<12} nfe {nfe:4d}: max |x32 - x64| {r['max_abs_difference']}, "
+                print(f"{name} {spec.label:<18} nfe {nfe:4d}: max |x32 - x64| {r['max_abs_difference']}, "
                       f"non-finite {r['nonfinite_float32']} / {r['nonfinite_float64']}", flush=True)
     return records
 
@@ -118,12 +120,12 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.8), squeeze=False)
     colors = plt.get_cmap("tab20").colors
     for ax, name in zip(axes[0], names):
-        for color, (label, _, _) in zip(colors, SAMPLERS):
-            rows = [r for r in records if r["process"] == name and r["sampler"] == label
+        for color, (spec, _) in zip(colors, SAMPLERS):
+            rows = [r for r in records if r["process"] == name and r["sampler"] == spec.label
                     and r["max_abs_difference"] is not None]
             if rows:
                 ax.plot([r["nfe"] for r in rows], [max(r["max_abs_difference"], 1e-17) for r in rows], "o-",
-                        color=color, ms=3, label=label)
+                        color=color, ms=3, label=spec.label)
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="max |x float32 - x float64|", title=name.upper())
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for name in names for r in sweep(name, data, nfes, batch, args.seed)]
     result = {"command": command, "machine": machine, "dataset": "digits", "data_points": len(data),
               "batch": batch, "seed": args.seed, "nfes": list(nfes), "seconds": round(time.perf_counter() - began, 1),
-              "samplers": [{"label": label, **options, "processes": only} for label, options, only in SAMPLERS],
+              "samplers": [{"sampler": spec.label, "processes": only} for spec, only in SAMPLERS],
               "worst": worst_cases(records), "records": records}
     write_json(args.out / "results.json", result)
     plot(records, args.out / "differences.png")

@@ -4,8 +4,8 @@
     python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out benchmarks/peers_fashion-mnist
     python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json
 
-Every diffusers peer runs at each timestep_spacing (and Karras σ where it has them) beside the gDDIM
-variants of `gddim.peers.GDDIM_VARIANTS`. Writes results.json (every run with the noise levels it used and its
+Every diffusers peer (gddim.bench.diffusers_vp) runs at each timestep_spacing (and Karras σ where it has them)
+beside the gDDIM variants of `gddim.bench.peers.GDDIM_VARIANTS`. Writes results.json (every run with the noise levels it used and its
 path error against the reference ODE at its own landing time; per NFE each peer's best setting and the ratios
 gDDIM / best peer for gDDIM's default and best variant) and errors.png into the output folder; --overhead
 writes one JSON file of per-step medians.
@@ -14,7 +14,6 @@ writes one JSON file of per-step medians.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import gddim  # noqa: E402
-from gddim import peers  # noqa: E402
-from gddim.benchmark import machine_info, write_json  # noqa: E402
+from gddim.bench import overhead, peers  # noqa: E402
+from gddim.bench.diffusers_vp import DiffusersVP  # noqa: E402
+from gddim.bench.records import machine_info, write_json  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 QUICK_OVERHEAD = {"shape": (2, 1, 8, 8), "steps": 5, "repeats": 1}
@@ -45,8 +45,9 @@ def plot(result: dict, path: Path, title: str) -> None:
                     label=f"{name} (best setting)")
         ax.plot(nfes, [_error(r["gddim_best"]) for r in rows], "-", marker="o", color="k", label="gDDIM best variant")
         if any(r["gddim_default"] for r in rows):
+            default = result["settings"]["gddim_default"]
             ax.plot(nfes, [_error(r["gddim_default"]) for r in rows], "--", marker="s", color="0.5",
-                    label=f"gDDIM default ({result['settings']['gddim_default']})")
+                    label=f"gDDIM default ({default['sampler']} on {default['setting']})")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title=f"{title}: {metric}")
         ax.set_xticks(nfes, [str(n) for n in nfes], minor=False)
         ax.set_xticks([], minor=True)
@@ -95,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device="cpu")
     print(f"machine: {machine}")
     if args.overhead:
-        result = peers.step_overhead(**(QUICK_OVERHEAD if args.quick else {}))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**result, "command": command}, indent=1))
+        result = overhead.step_overhead(**(QUICK_OVERHEAD if args.quick else {}))
+        write_json(out, {**result, "command": command}, indent=1)
         for name, seconds in result["median_step_seconds"].items():
             print(f"{name:>12}: {seconds * 1e6:8.1f} µs/step ({result['step_ratio_to_ddim'][name]:.2f}x DDIM)")
         return 0
@@ -105,11 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     data = data if args.n_data is None else data[: args.n_data]
     nfes = tuple(int(v) for v in args.nfe.split(","))
     start = time.perf_counter()
-    result = peers.benchmark(gddim.VP(), data, nfes, args.batch, args.seed, rtol=args.rtol)
+    result = peers.benchmark(DiffusersVP(gddim.VP()), data, nfes, args.batch, args.seed, rtol=args.rtol)
     result["settings"].update(dataset=args.dataset, image_size=args.image_size, n_data=args.n_data,
                               n_data_note=args.n_data_note, seconds=round(time.perf_counter() - start, 1))
     result["command"] = command
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)
     plot(result, out / "errors.png", args.dataset + (f" {args.image_size}x{args.image_size}" if args.image_size else ""))
     print_summary(result)

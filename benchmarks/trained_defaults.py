@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from gddim.benchmark import machine_info, write_json
+from gddim.bench.records import machine_info, write_json
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
 from gddim.evaluation import evaluate
-from gddim.training import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 DEFAULT, PAPER = "gddim", "gddim:q=2"

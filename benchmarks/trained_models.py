@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from gddim.atomic import atomic_write_text
-from gddim.benchmark import machine_info
+from gddim.bench.records import machine_info, write_json
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
-from gddim.evaluation import Sampler, evaluate, save_metrics_and_plot
+from gddim.evaluation import evaluate, save_metrics_and_plot
 from gddim.networks import preset
 from gddim.processes import make_process
-from gddim.training import TrainConfig, load_checkpoint, train
+from gddim.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 NFES = (5, 10, 20, 50, 100, 200)
@@ -42,9 +42,9 @@ LONG_NFES = (500, 1000)
 
 def samplers_for(process: str) -> tuple[list[str], list[str]]:
     """(every sampler, swept over NFES; the baselines, also run at LONG_NFES) for one process."""
-    every = [f"gddim:q={q}" if q else "gddim" for q in range(4)] + ["gddim:lam=0.5", "euler", "em"]
+    every = [f"gddim:q={q}" for q in range(4)] + ["gddim:lam=0.5", "euler", "em"]
     if process == "cld":  # R and L differ only for CLD (VP and BDM have R = L); SSCS is CLD's own sampler
-        every += ["gddim:param=L", "gddim:q=2:param=L", "gddim:lam=1", "sscs"]
+        every += ["gddim:q=0:param=L", "gddim:q=2:param=L", "gddim:lam=1", "sscs"]
         return every, ["em", "sscs"]
     return every + ["ancestral"], ["em", "ancestral"]  # the ancestral step is stochastic gDDIM at λ = 1
 
@@ -68,13 +68,8 @@ def train_one(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
               "images_per_second": result.images_per_second, "final_loss_mean_100": _tail_loss(run),
               "batch": args.batch, "lr": args.lr, "ema_decay": args.ema, "preset": args.preset,
               "machine": machine_info(device=args.device)}
-    _write(path, record)
+    write_json(path, record, indent=2)
     return record
-
-
-def _write(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2))
 
 
 def _tail_loss(run: Path) -> float:
@@ -96,7 +91,7 @@ def sweep(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
     merged = _resumable(folder / "metrics.json", checkpoint.step, args)
     done = {(r["label"], r["nfe"]) for r in merged["records"]} if merged else set()
     for spec, job_nfes, grid_nfes in jobs:
-        if all((Sampler.parse(spec).label, nfe) in done for nfe in job_nfes):
+        if all((spec, nfe) in done for nfe in job_nfes):  # the specs above are written in canonical form
             continue
         part = evaluate(checkpoint, [spec], list(job_nfes), grid_nfes=grid_nfes, **common)
         records = (merged["records"] if merged else []) + part["records"]
@@ -116,12 +111,12 @@ def _resumable(path: Path, step: int, args) -> dict | None:
 
 # (sampler, NFEs) behind each claim, re-measured with more samples over several seeds
 CLAIMS = {
-    "cld": [("gddim:q=2", (10, 20, 50, 100, 200)), ("em", (50, 100, 200, 1000)), ("gddim", (10, 20, 50)),
-            ("gddim:param=L", (10, 20, 50)), ("gddim:q=2:param=L", (10, 20, 50)), ("gddim:lam=0.5", (10, 20)),
+    "cld": [("gddim:q=2", (10, 20, 50, 100, 200)), ("em", (50, 100, 200, 1000)), ("gddim:q=0", (10, 20, 50)),
+            ("gddim:q=0:param=L", (10, 20, 50)), ("gddim:q=2:param=L", (10, 20, 50)), ("gddim:lam=0.5", (10, 20)),
             ("gddim:lam=1", (10, 20))],
-    "bdm": [("gddim", (10, 20, 50, 100)), ("gddim:q=2", (10, 20, 50, 100)), ("gddim:lam=0.5", (10, 20)),
+    "bdm": [("gddim:q=0", (10, 20, 50, 100)), ("gddim:q=2", (10, 20, 50, 100)), ("gddim:lam=0.5", (10, 20)),
             ("ancestral", (10, 20, 50, 100, 200, 500, 1000))],
-    "vp": [("gddim", (10, 20)), ("gddim:q=2", (10, 20)), ("gddim:lam=0.5", (10, 20)), ("ancestral", (10, 20))],
+    "vp": [("gddim:q=0", (10, 20)), ("gddim:q=2", (10, 20)), ("gddim:lam=0.5", (10, 20)), ("ancestral", (10, 20))],
 }
 SLACK = 0.05  # "reaches a target" = mean FD within 5% of it
 
@@ -143,7 +138,7 @@ def claims(process_name: str, images: torch.Tensor, args, out: Path) -> dict:
                              batch=args.eval_batch, real=images)["records"]
         result = {"process": process_name, "n": args.claims_n, "seeds": seed + 1, "rows": _claims_rows(runs),
                   "seconds": time.perf_counter() - began, "machine": machine_info(device=args.device)}
-        _write(out / process_name / "claims.json", result)
+        write_json(out / process_name / "claims.json", result, indent=2)
     return result
 
 
@@ -193,14 +188,14 @@ def summarize(results: dict[str, dict]) -> dict:
         out["cld"] = {"em_1000_fd": target, "gddim_q2_nfe_matching_em_1000": nfe_to_reach(r, "gddim:q=2", target),
                       "em_nfe_matching_em_1000": nfe_to_reach(r, "em", target),
                       "gddim_q2_fd": {nfe: fd(r, "gddim:q=2", nfe) for nfe in (10, 20, 50, 100, 200)},
-                      "R_vs_L": {nfe: {"q=0 R": fd(r, "gddim", nfe), "q=0 L": fd(r, "gddim:param=L", nfe),
+                      "R_vs_L": {nfe: {"q=0 R": fd(r, "gddim:q=0", nfe), "q=0 L": fd(r, "gddim:q=0:param=L", nfe),
                                        "q=2 R": fd(r, "gddim:q=2", nfe), "q=2 L": fd(r, "gddim:q=2:param=L", nfe),
                                        "q=2 L minus R (paired)": paired(r, "gddim:q=2:param=L", "gddim:q=2", nfe)}
                                  for nfe in (10, 20, 50)}}
     if "bdm" in results:
         r = results["bdm"]["rows"]
         target = fd(r, "ancestral", 1000)
-        gddim_nfe = {label: nfe_to_reach(r, label, target) for label in ("gddim", "gddim:q=2")}
+        gddim_nfe = {label: nfe_to_reach(r, label, target) for label in ("gddim:q=0", "gddim:q=2")}
         reached = [n for n in gddim_nfe.values() if n is not None]
         ancestral_nfe = nfe_to_reach(r, "ancestral", target)
         out["bdm"] = {"ancestral_1000_fd": target, "gddim_nfe_matching_ancestral_1000": gddim_nfe,
@@ -209,10 +204,10 @@ def summarize(results: dict[str, dict]) -> dict:
                       "acceleration_vs_ancestral_nfe": ancestral_nfe / min(reached) if reached and ancestral_nfe else None}
     lam1 = lambda name: "gddim:lam=1" if name == "cld" else "ancestral"
     out["lambda_at_small_nfe"] = {
-        name: {nfe: {"lam=0 (q=0)": fd(res["rows"], "gddim", nfe), "lam=0.5": fd(res["rows"], "gddim:lam=0.5", nfe),
+        name: {nfe: {"lam=0 (q=0)": fd(res["rows"], "gddim:q=0", nfe), "lam=0.5": fd(res["rows"], "gddim:lam=0.5", nfe),
                      "lam=1": fd(res["rows"], lam1(name), nfe), "lam=0 q=2": fd(res["rows"], "gddim:q=2", nfe),
-                     "lam=0.5 minus lam=0 (paired)": paired(res["rows"], "gddim:lam=0.5", "gddim", nfe),
-                     "lam=1 minus lam=0 (paired)": paired(res["rows"], lam1(name), "gddim", nfe)}
+                     "lam=0.5 minus lam=0 (paired)": paired(res["rows"], "gddim:lam=0.5", "gddim:q=0", nfe),
+                     "lam=1 minus lam=0 (paired)": paired(res["rows"], lam1(name), "gddim:q=0", nfe)}
                for nfe in (10, 20)}
         for name, res in results.items()}
     return out
@@ -237,9 +232,9 @@ def throughput_worker(args) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         rate = (args.steps - 10) * args.batch * world / (marks[args.steps] - marks[10])
-        (out / "rate.json").write_text(json.dumps({"world_size": world, "threads_per_process": torch.get_num_threads(),
-                                                   "images_per_second": rate, "global_batch": args.batch * world,
-                                                   "total_images_per_second": result.images_per_second}))
+        write_json(out / "rate.json", {"world_size": world, "threads_per_process": torch.get_num_threads(),
+                                        "images_per_second": rate, "global_batch": args.batch * world,
+                                        "total_images_per_second": result.images_per_second})
 
 
 def throughput(args, out: Path) -> dict:
@@ -270,8 +265,7 @@ def throughput(args, out: Path) -> dict:
               "ratio_2proc_over_1proc_1thread": two / median["1 process, 1 thread"],
               "ratio_2proc_over_1proc_2threads": two / median["1 process, 2 threads"],
               "command": "python benchmarks/trained_models.py --throughput"}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "throughput.json", report, indent=2)
     return report
 
 
@@ -281,10 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--processes", default="vp,cld,bdm")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--ema", type=float, default=TrainConfig.ema_decay, help="EMA decay of the weights")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--n", type=int, default=250, help="samples per Fréchet distance in the sweep")
     p.add_argument("--claims-n", type=int, default=500, help="samples per Fréchet distance in the claims runs")
@@ -349,9 +343,9 @@ def report(out: Path, dataset: str) -> dict | None:
         results[key] = {name: json.loads((out / name / file).read_text())
                         for name in ("vp", "cld", "bdm") if (out / name / file).exists()}
     results["summary"] = summarize(results["claims"]) if results["claims"] else None
-    _write(out / "results.json", results)
+    write_json(out / "results.json", results, indent=2)
     if results["summary"]:
-        _write(out / "summary.json", results["summary"])
+        write_json(out / "summary.json", results["summary"], indent=2)
     return results["summary"]
 
 

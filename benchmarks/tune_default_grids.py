@@ -12,18 +12,16 @@ step count 1..MAX_STEPS. Deterministic: rerunning it rewrites the same files (up
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 import gddim
-from gddim.benchmark import benchmark_images
+from gddim.bench.records import benchmark_images, write_json
 from gddim.grid_files import TUNED_DIR, TUNED_FORMAT, VERSION
 from gddim.processes import make_process
-from gddim.training import atomic_write_text
-from gddim.tuning import CANDIDATE_GRID, model_step_costs
+from gddim.tuning import CANDIDATE_GRID, STEP_SAMPLER, model_step_costs
 
 PROCESSES = ("vp", "cld", "bdm")
 DATASET = "digits"
@@ -41,7 +39,8 @@ def tuned_record(name: str, batch: int, candidates: int, max_steps: int, command
     tuned_on = {"data": f"{DATASET} (train and test, {len(data)} images), exact ε", "batch": batch, "seed": SEED,
                 "candidates": candidates, "candidate_grid": CANDIDATE_GRID, "rtol": RTOL,
                 "model_calls": costs.model_calls, "seconds": round(costs.seconds, 1),
-                "cost": "RMS local error of one gDDIM q=0 step, summed over the steps",
+                "step_sampler": STEP_SAMPLER.label,
+                "cost": "RMS local error of one step of step_sampler, summed over the steps",
                 "command": command}
     return {"format": TUNED_FORMAT, "version": VERSION, "process": process.config(), "tuned_on": tuned_on,
             "grids": grids}
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.processes:
         record = tuned_record(name, args.batch, args.candidates, args.max_steps, command)
         path = args.out / f"{name}.json"
-        atomic_write_text(path, json.dumps(record, indent=None) + "\n")
+        write_json(path, record, indent=None)
         print(f"{name}: {record['tuned_on']['model_calls']} model calls, {record['tuned_on']['seconds']} s -> {path}")
 
 

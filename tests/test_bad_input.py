@@ -20,7 +20,7 @@ import torch
 from gddim import errors
 from gddim.cli import main, options
 from gddim.data import load_images
-from gddim.training import CheckpointError, load_checkpoint
+from gddim.checkpoints import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,9 +69,12 @@ def _one_line_error(args: list[str], capsys) -> str:
     (["evaluate", "run", "--out", "e", "--nfe", ","], "argument --nfe: expected a comma-separated list such as 10,20,50"),
     (["evaluate", "run", "--out", "e", "--nfe", "10,abc"], "argument --nfe: 'abc' in '10,abc': expected an integer"),
     (["evaluate", "run", "--out", "e", "--nfe", "10,0"], "argument --nfe: '0' in '10,0': must be at least 1, got 0"),
-    (["evaluate", "run", "--out", "e", "--samplers", "gddim:q2"], "argument --samplers: 'gddim:q2' in 'gddim:q2': write "
-                                                                   "method[:q=N][:lam=X][:param=R|L]"),
-    (["evaluate", "run", "--out", "e", "--samplers", "ddim"], "with a method of gddim, euler, em, ancestral, sscs"),
+    (["evaluate", "run", "--out", "e", "--samplers", "gddim:q2"],
+     "argument --samplers: 'gddim:q2' in 'gddim:q2': bad sampler option 'q2' in 'gddim:q2'; write "
+     "method[:q=N][:lam=X][:param=R|L]"),
+    (["evaluate", "run", "--out", "e", "--samplers", "gddim:q=2:q=3"], "bad sampler option 'q=3' in 'gddim:q=2:q=3'"),
+    (["evaluate", "run", "--out", "e", "--samplers", "ddim"],
+     "unknown sampler method 'ddim' in 'ddim'; choose one of gddim, euler, em, ancestral, sscs"),
     (["evaluate", "run", "--out", "e", "--n", "1"], "argument --n: must be at least 2, got 1"),
     (["quickstart", "--out", "q", "--n", "5000"], "argument --n: must be an integer in 2..750, got 5000"),
     (["invert", "--exact", "digits", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
@@ -259,14 +262,14 @@ def test_names_offered_by_the_parsers_are_the_library_names():
     assert options.PROCESSES == tuple(processes.PROCESSES)
     assert options.PRESET_NAMES == tuple(sorted(networks.PRESETS))
     assert options.GRID_NAMES == grids.GRIDS
-    assert options.SAMPLER_METHODS == sampling.METHODS and options.MAX_ORDER == sampling.MAX_ORDER
+    assert options.MAX_ORDER == sampling.MAX_ORDER
 
 
 def test_every_user_error_is_a_gddim_error_and_keeps_its_old_base():
-    from gddim import data, networks, sampling, training
+    from gddim import checkpoints, data, networks, sampling, training
 
     assert issubclass(data.DataError, errors.GddimError)
-    assert issubclass(training.CheckpointError, ValueError) and issubclass(training.CheckpointError, errors.GddimError)
+    assert issubclass(checkpoints.CheckpointError, ValueError) and issubclass(checkpoints.CheckpointError, errors.GddimError)
     assert issubclass(training.TrainingError, RuntimeError) and issubclass(sampling.SamplerError, RuntimeError)
     assert issubclass(networks.NetworkConfigError, ValueError)
     assert issubclass(errors.SettingsError, ValueError)

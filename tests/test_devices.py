@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import gddim
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
-from gddim.evaluation import sample_images
 from gddim.exact import dirac_eps
+from gddim.generation import sample_images
 from gddim.networks import EpsModel, NetworkConfig
-from gddim.training import TrainConfig, load_checkpoint, train
+from gddim.training import TrainConfig, train
 
 import reference as ref
 

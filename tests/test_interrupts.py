@@ -18,9 +18,10 @@ import torch
 import gddim
 from gddim import evaluation, training
 from gddim.cli import main
+from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
-from gddim.networks import NetworkConfig
-from gddim.training import TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
+from gddim.training import TrainConfig, TrainingError, diffusion_loss, train
+from tiny_runs import DIGITS, MICRO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,11 +125,6 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_bit_identical(tmp_
 
 
 # ---- runs stopped before their first checkpoint --------------------------------------------------------------
-
-MICRO = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
-                      norm_groups=8, dropout=0.1, gaussian_skip=0.5)
-DIGITS = {"source": "digits", "image_size": None}
-
 
 def quick() -> TrainConfig:
     return TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup=2, ckpt_every=3, sample_nfe=4)

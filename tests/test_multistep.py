@@ -21,10 +21,10 @@ PROCESSES = ("vp-linear", "cld", "bdm")
 DATA_SHAPE = {"vp-linear": (1, 2, 2), "cld": (2, 1, 2), "bdm": (1, 4, 4)}
 
 
-def dirac_setup(name: str, batch: int = 3):
+def dirac_setup(name: str, batch: int = 3, seed: int = 1):
     process = ref.build(name)
     point = torch.rand(DATA_SHAPE[name], generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
-    u_T = process.prior_sample((batch, *DATA_SHAPE[name]), generator=torch.Generator().manual_seed(1),
+    u_T = process.prior_sample((batch, *DATA_SHAPE[name]), generator=torch.Generator().manual_seed(seed),
                                dtype=torch.float64)
     return process, point, dirac_eps(process, point), u_T
 
@@ -258,21 +258,26 @@ def test_corrector_raises_the_convergence_order(name, prediction, order):
 @pytest.mark.parametrize("name", PROCESSES)
 def test_float32_follows_float64(name):
     """The data form (with corrector, with the final data step) in float32 strays from float64 no more than the
-    paper's q = 2 does (BDM 4x4: 1.3e-4 for both; VP, CLD: < 1e-6): the loop never divides by M's small entries
-    (BDM 1e-5), the float64 coefficients hold M⁻¹. (The ε-form corrector does not: 2.1 on BDM, see the Dirac test.)"""
-    process, _, _, u_T = dirac_setup(name)
-    eps_fn = gaussian_eps(process, 0.3)
+    paper's q = 2 does: the loop never divides by M's small entries (BDM 1e-5), the float64 coefficients hold M⁻¹.
+    Either form's float32 error is rounding noise (BDM 5e-5 to 1.4e-4 by seed and CPU kernel, VP 2e-7 to 9e-7), so
+    the worst of three prior batches is compared with 3x the paper's worst; a division by M would give 1e4x more
+    (the ε-form corrector gives 2.1 on BDM, see the Dirac test)."""
+    runs = [dirac_setup(name, seed=seed) for seed in range(3)]
+    eps_fn = gaussian_eps(runs[0][0], 0.3)
 
     def float32_error(**options):
-        rec = gddim.plan(process, 10, order=2, denoise=False, **options)
-        wide, narrow = run_recursion(process, eps_fn, u_T, rec), run_recursion(process, eps_fn, u_T.float(), rec)
-        return (narrow.double() - wide).abs().max() / wide.abs().max()
+        errors = []
+        for process, _, _, u_T in runs:
+            rec = gddim.plan(process, 10, order=2, denoise=False, **options)
+            wide, narrow = run_recursion(process, eps_fn, u_T, rec), run_recursion(process, eps_fn, u_T.float(), rec)
+            errors.append(float((narrow.double() - wide).abs().max() / wide.abs().max()))
+        return max(errors)
 
     paper = float32_error()
     assert paper < 2e-4
     for options in [dict(prediction="data"), dict(prediction="data", corrector=True, interpolation="logsnr"),
                     dict(prediction="data", corrector=True, final_step="data")]:
-        assert float32_error(**options) <= 1.5 * paper + 1e-6, options
+        assert float32_error(**options) <= 3 * paper + 1e-6, options
 
 
 def test_lower_order_final_degrees():

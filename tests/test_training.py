@@ -1,47 +1,24 @@
-"""Networks, training, checkpoints, DDP and the train/sample/evaluate/quickstart commands (tiny sizes, few steps)."""
+"""Networks, the loss, training and resume, and the train/sample/evaluate/quickstart commands (tiny sizes, few steps)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import gddim
-from gddim import evaluation, training
+from gddim import training
+from gddim.checkpoints import load_checkpoint
 from gddim.cli import main
 from gddim.data import load_images
-from gddim.evaluation import Sampler, sample_images, save_grid, save_npz, to_uint8
-from gddim.sampling import SamplerError
 from gddim.networks import EpsModel, NetworkConfig, NetworkConfigError, TIME_SCALE, preset
-from gddim.training import CheckpointError, TrainConfig, TrainingError, diffusion_loss, load_checkpoint, train
+from gddim.training import TrainConfig, TrainingError, diffusion_loss, train
+from tiny_runs import DIGITS, MICRO, quick, weights
 
-MICRO = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
-                      norm_groups=8, dropout=0.1, gaussian_skip=0.5)
 PLAIN = NetworkConfig(**{**MICRO.to_dict(), "gaussian_skip": None})
-DIGITS = {"source": "digits", "image_size": None}
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def digits() -> torch.Tensor:
-    return load_images("digits")[:256]
-
-
-def quick(steps=6, **kw) -> TrainConfig:
-    return TrainConfig(**{"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup": 2, "ckpt_every": 3, "sample_nfe": 4,
-                          **kw})
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run).tensors
 
 
 # ---- network -------------------------------------------------------------------------------------------------
@@ -128,7 +105,7 @@ def test_training_reduces_the_loss(tmp_path, digits):
     assert result.images_per_second > 0 and len(result.losses) == 60
 
 
-# ---- resume, interrupt, atomicity, NaN -------------------------------------------------------------------
+# ---- resume, interrupt, NaN -------------------------------------------------------------------------------
 
 def test_exact_resume_after_ctrl_c_matches_uninterrupted_run(tmp_path, digits):
     cld = gddim.CLD()
@@ -149,26 +126,6 @@ def test_exact_resume_after_ctrl_c_matches_uninterrupted_run(tmp_path, digits):
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 7))
 
 
-def test_crash_while_writing_keeps_the_old_checkpoint(tmp_path, digits, monkeypatch):
-    run = tmp_path / "run"
-    train(gddim.VP(), digits, run, MICRO, quick(steps=3), DIGITS, progress=False)
-    before = weights(run)
-
-    def disk_full(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(training.torch, "save", disk_full)  # dies after the weights file was written
-    with pytest.raises(OSError, match="disk full"):
-        train(gddim.VP(), digits, run, MICRO, quick(steps=6), DIGITS, progress=False)
-    monkeypatch.undo()
-    ckpt = load_checkpoint(run)
-    assert ckpt.step == 3 and all(torch.equal(before[k], ckpt.tensors[k]) for k in before)
-    assert not (run / "checkpoints" / "step_00000006").exists()
-    assert [p.name for p in (run / "checkpoints").glob(".step_00000006.tmp-*")]  # the half-written folder
-    assert train(gddim.VP(), digits, run, MICRO, quick(steps=6), DIGITS, progress=False).step == 6
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["LATEST", "step_00000006"]
-
-
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, digits, monkeypatch):
     calls = []
 
@@ -184,166 +141,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, digits,
     assert load_checkpoint(run).step == 2
 
 
-# ---- bad input -----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cld_run(tmp_path_factory, digits) -> Path:
-    run = tmp_path_factory.mktemp("cld") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(gddim.CLD(), digits, run, MICRO, quick(steps=2, ckpt_every=2), DIGITS, progress=False)
-    torch.set_num_threads(threads)
-    return run
-
-
-def test_checkpoint_errors(tmp_path, cld_run):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_checkpoint(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="expected a run folder"):
-        load_checkpoint(tmp_path)
-    ckpt = load_checkpoint(cld_run)
-    with pytest.raises(CheckpointError, match=r"trained with process \{'process': 'cld'.*not \{'process': 'vp'"):
-        ckpt.process(gddim.VP())
-    assert ckpt.process(gddim.CLD()).config() == gddim.CLD().config()
-    other_shape = EpsModel(MICRO, data_channels=3, image_size=8, k=2, process=gddim.CLD())
-    with pytest.raises(CheckpointError, match=r"conv_in.weight: checkpoint .* has \(16, 2, 3, 3\), the model has "
-                                              r"\(16, 6, 3, 3\)"):
-        training.load_weights(other_shape, ckpt)
-    broken = tmp_path / "broken"
-    import shutil
-    shutil.copytree(ckpt.path, broken)
-    data = (broken / "weights.safetensors").read_bytes()
-    (broken / "weights.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="weights.safetensors is corrupt"):
-        load_checkpoint(broken)
-    (broken / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="config.json is corrupt"):
-        load_checkpoint(broken)
-
-
-def test_output_folder_is_never_silently_overwritten(tmp_path, digits, cld_run):
-    stranger = tmp_path / "stranger"
-    stranger.mkdir()
-    (stranger / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="holds no resumable gddim run"):
-        train(gddim.CLD(), digits, stranger, MICRO, quick(), DIGITS, progress=False)
-    with pytest.raises(FileExistsError, match=r"process: run has \{'process': 'cld'.*asked for \{'process': 'vp'"):
-        train(gddim.VP(), digits, cld_run, MICRO, quick(steps=2, ckpt_every=2), DIGITS, progress=False)
-    with pytest.raises(FileExistsError, match="train.lr: run has 0.001, asked for 0.01"):
-        train(gddim.CLD(), digits, cld_run, MICRO, quick(steps=2, ckpt_every=2, lr=0.01), DIGITS, progress=False)
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        train(gddim.CLD(), digits, cld_run, MICRO, quick(steps=2, ckpt_every=2), DIGITS, resume=False, progress=False)
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train(gddim.CLD(), digits, tmp_path / "new", MICRO, quick(), DIGITS, resume=True, progress=False)
-    assert (stranger / "notes.txt").read_text() == "mine"
-
-
-# ---- sampling and evaluation helpers ---------------------------------------------------------------------
-
-def test_sampler_specs_round_trip():
-    for spec in ("gddim", "gddim:q=2", "gddim:lam=0.5", "gddim:q=1:param=L", "em", "sscs"):
-        assert Sampler.parse(spec).label == spec
-    assert Sampler.parse("gddim:q=3").order == 3 and Sampler.parse("em:lam=0").lam == 0.0
-    with pytest.raises(ValueError, match="bad sampler option"):
-        Sampler.parse("gddim:order=2")
-    fast = Sampler.parse("gddim:q=3:pred=data:corr=1:interp=sqrt_t:lof=0:final=data")
-    assert fast.options() == {"method": "gddim", "order": 3, "parameterization": "R", "prediction": "data",
-                              "corrector": True, "interpolation": "sqrt_t", "lower_order_final": False,
-                              "final_step": "data"}
-    assert Sampler.parse(fast.label) == fast and Sampler.parse("gddim").options() == {"method": "gddim",
-                                                                                       "parameterization": "R"}
-    with pytest.raises(ValueError, match="corrector in 'gddim:corr=2' must be 0 or 1"):
-        Sampler.parse("gddim:corr=2")
-
-
-
-def test_grid_and_npz(tmp_path, cld_run):
-    ckpt = load_checkpoint(cld_run)
-    model = ckpt.network().double()  # float64: the 2-step model's sampler amplifies round-off a lot
-    x = sample_images(ckpt.process(), model, n=5, nfe=4, method="gddim", order=1, seed=3)
-    again = sample_images(ckpt.process(), model, n=5, nfe=4, method="gddim", order=1, seed=3, batch=2)
-    assert x.dtype == torch.float64 and x.shape == (5, 1, 8, 8) and torch.allclose(x, again, rtol=1e-9, atol=1e-9)
-    x = x.float()
-    grid = save_grid(x, tmp_path / "g.png", nrow=3)
-    from PIL import Image
-    assert Image.open(grid).size == (6 * (3 * 9 + 1), 6 * (2 * 9 + 1))  # 8x8 tiles + 1px gaps, enlarged 6x
-    tiles = np.asarray(Image.open(save_grid(x.repeat(13, 1, 1, 1)[:64], tmp_path / "g64.png")))
-    assert tiles.shape == (438, 438)  # 8 rows of 8 digits, each tile 48 px: readable
-    expected = np.kron(to_uint8(x[:1])[0, :, :, 0], np.ones((6, 6), np.uint8))  # nearest: every pixel a 6x6 block
-    assert np.array_equal(tiles[6:54, 6:54], expected)
-    assert Image.open(save_grid(torch.zeros(4, 3, 32, 32), tmp_path / "c.png")).size == (2 * 67, 2 * 67)
-    loaded = load_images(str(save_npz(x, tmp_path / "s.npz")))
-    assert loaded.shape == x.shape and torch.allclose(loaded, x.clamp(-1, 1), atol=1 / 255 + 1e-6)
-
-
-# ---- DDP -----------------------------------------------------------------------------------------------------
-
-DDP_SCRIPT = """
-import os, sys, torch
-from safetensors.torch import save_file
-import gddim
-from gddim.data import load_images
-from gddim.networks import NetworkConfig
-from gddim.training import TrainConfig, train
-torch.set_num_threads(1)
-net = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
-                    norm_groups=8, dropout=0.1, gaussian_skip=0.5)
-out = sys.argv[1]
-r = train(gddim.CLD(), load_images("digits")[:256], out + "/run", net,
-          TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup=2, ckpt_every=3, sample_nfe=4),
-          {"source": "digits", "image_size": None}, progress=False)
-rank = os.environ["RANK"]
-save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
-print("losses", rank, r.losses)
-"""
-
-
-def test_ddp_two_gloo_processes_agree(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ckpt = load_checkpoint(tmp_path / "run")
-    assert ckpt.step == 3 and ckpt.meta["world_size"] == 2
-    assert all(torch.equal(a[k], ckpt.tensors[f"model.{k}"]) for k in a)
-    losses = [line.split(" ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("losses")]
-    assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
-
-
 def test_train_config_refuses_a_sample_nfe_too_small_for_its_grids():
     with pytest.raises(ValueError, match=r"sample_nfe must be at least 4 \(the sample grids use gDDIM q = 2\), got 3"):
         TrainConfig(sample_nfe=3)
-
-
-def test_evaluate_refuses_bad_samplers_before_sampling(cld_run, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: calls.append(a))
-    with pytest.raises(ValueError, match=r"unknown method 'gdim'"):
-        evaluation.evaluate(cld_run, ["gddim", "gdim"], [5], n=8, out_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"nfe=3 gives 2 step\(s\): too few for order q=3"):
-        evaluation.evaluate(cld_run, ["gddim:q=3"], [20, 3], n=8, out_dir=tmp_path)
-    assert calls == [] and not (tmp_path / "metrics.json").exists()
-
-
-def test_evaluate_records_a_diverging_sampler_and_goes_on(cld_run, tmp_path, monkeypatch):
-    real_sampler = evaluation.sample_images
-
-    def euler_diverges(process, model, n, nfe, method="gddim", **kw):
-        if method == "euler":
-            raise SamplerError("eps_fn returned NaN or inf at step 2 (t=0.5)")
-        return real_sampler(process, model, n, nfe, method, **kw)
-
-    monkeypatch.setattr(evaluation, "sample_images", euler_diverges)
-    result = evaluation.evaluate(cld_run, ["euler", "gddim"], [5], n=8, out_dir=tmp_path)
-    euler, gddim_q0 = result["records"]
-    assert euler["fd"] is None and "NaN or inf at step 2" in euler["error"]
-    assert math.isfinite(gddim_q0["fd"]) and "error" not in gddim_q0
-    assert json.loads((tmp_path / "metrics.json").read_text())["records"][0]["fd"] is None
-    assert (tmp_path / "quality_vs_nfe.png").is_file() and not (tmp_path / "grids" / "euler_nfe5.png").exists()
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 import gddim
-from gddim.benchmark import rms_error
+from gddim.bench.records import rms_error
 from gddim.cli import main
-from gddim.coefficients import exponential_integrator
 from gddim.data import load_images
 from gddim.grid_files import grid_record, read_grid_file, write_grid_file
 from gddim.grids import steps_for_nfe, time_grid
-from gddim.sampling import run_recursion
-from gddim.tuning import model_step_costs, shortest_path, step_costs_of_path, tune_grid
+from gddim.sampling import plan, run_recursion
+from gddim.tuning import STEP_SAMPLER, model_step_costs, shortest_path, step_costs_of_path, tune_grid
 
 import reference as ref
 
@@ -45,7 +44,7 @@ def test_shortest_path_equals_brute_force(seed):
 
 @pytest.mark.parametrize("name", ["cld", "bdm", "vp-linear"])
 def test_step_costs_are_one_gddim_step(name):
-    """costs[a, b] is the RMS gap between one q = 0 step of the sampler's own recursion from states[a] and states[b]."""
+    """costs[a, b] is the RMS gap between one step of STEP_SAMPLER (the sampler's own plan) from states[a] and states[b]."""
     process = ref.build(name)
     times = time_grid(process, 5, "logsnr")
     gen = torch.Generator().manual_seed(0)
@@ -54,7 +53,7 @@ def test_step_costs_are_one_gddim_step(name):
     costs = step_costs_of_path(process, times, states, eps)
     assert np.all(np.isinf(costs[np.tril_indices(len(times))]))
     for a, b in [(0, 1), (0, 5), (2, 4), (4, 5)]:
-        rec = exponential_integrator(process, times[[a, b]], 0)
+        rec = plan(process, 1, grid=times[[a, b]], denoise=False, **STEP_SAMPLER.options())
         step = run_recursion(process, lambda u, t: eps[a], states[a], rec)
         assert costs[a, b] == pytest.approx(rms_error(step, states[b]), rel=1e-10)
 
@@ -185,6 +184,7 @@ def test_cli_tune_grid_sample_evaluate(tmp_path, capsys):
     assert main(tune) == 0
     record = read_grid_file(grid)
     assert record["nfe"] == 5 and record["steps"] == 4 and record["tuned_on"]["candidates"] == 12
+    assert record["tuned_on"]["step_sampler"] == STEP_SAMPLER.label == "gddim:q=0"
     assert main(tune) == 2 and "exists" in capsys.readouterr().err  # never overwrites
     assert main([*tune[:5], str(tmp_path / "g2.json"), "--nfe", "20", "--candidates", "12"]) == 2
     assert "use candidates >= 20" in capsys.readouterr().err

@@ -14,7 +14,7 @@ held-out prior samples against the ODE at rtol 1e-6 (a float32 network allows no
 --batch, --tune-batch, --candidates, --nfes, --trained-rtol and --processes shrink the protocol for a trial
 run; --out writes it elsewhere than results.json.
 
-New sampler options: add an entry to SAMPLERS (keyword arguments of gddim.sample).
+New sampler options: add a sampler spec (gddim.spec) to SAMPLERS.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import benchmark_images, machine_info, rms_error, write_json
+from gddim.bench.records import benchmark_images, machine_info, rms_error, write_json
 from gddim.grids import steps_for_nfe
 from gddim.processes import make_process
-from gddim.training import load_checkpoint
+from gddim.checkpoints import load_checkpoint
+from gddim.spec import SamplerSpec
 from gddim.tuning import CANDIDATES, model_step_costs
 
 OUT = Path(__file__).parent / "results.json"
-SAMPLERS = {f"gddim q={q}": {"order": q} for q in range(4)}
+SAMPLERS = [SamplerSpec(order=q) for q in range(4)]
 GRIDS = ("quadratic", "logsnr", "tuned")
 NFES = (5, 10, 15, 20)
 PROCESSES = ("vp", "cld", "bdm")
@@ -58,16 +59,17 @@ def path_errors(process, eps_fn, u_T, grids: dict, nfes, rtol: float = REFERENCE
     truth = gddim.reference_ode(process, eps_fn, u_T, rtol=rtol, atol=rtol)
     records = []
     for nfe in nfes:
-        for label, options in SAMPLERS.items():
-            if steps_for_nfe(process, nfe) < options.get("order", 0) + 1:
+        for spec in SAMPLERS:
+            if steps_for_nfe(process, nfe) < spec.order + 1:
                 continue
-            row = {"nfe": nfe, "sampler": label}
+            row = {"nfe": nfe, "sampler": spec.label}
             for name, grid in grids.items():
-                x = gddim.sample(process, eps_fn, u_T, nfe, grid=grid[nfe] if isinstance(grid, dict) else grid, **options)
+                x = gddim.sample(process, eps_fn, u_T, nfe, grid=grid[nfe] if isinstance(grid, dict) else grid,
+                                 **spec.options())
                 row[name] = rms_error(x, truth)
             row["tuned / quadratic"] = row["tuned"] / row["quadratic"]
             records.append(row)
-            print(f"  {process.name} NFE {nfe:>2} {label}: " + ", ".join(f"{g} {row[g]:.4g}" for g in grids))
+            print(f"  {process.name} NFE {nfe:>2} {spec}: " + ", ".join(f"{g} {row[g]:.4g}" for g in grids))
     return records
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,11 +23,28 @@ def atomic_file(path: Path):
     tmp = temp_name(path)
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: Path):
+    """A temporary folder to fill; its files are fsynced and it is renamed onto path when the block succeeds.
+    A failed block leaves the temporary folder, which is_temp recognizes, for its owner to remove."""
+    tmp = temp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    yield tmp
+    for file in tmp.iterdir():
+        fsync_file(file)
+    os.replace(tmp, path)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

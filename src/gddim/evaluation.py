@@ -1,4 +1,4 @@
-"""Sampling trained models, image grids and .npz files, and quality-vs-NFE sweeps (BENCHMARKS.md §2).
+"""Quality-vs-NFE sweeps of a checkpoint (BENCHMARKS.md §2): records, metrics.json and plots.
 
 Quality is the Fréchet distance between n samples and n real training images in the feature space of
 the data set's small classifier (gddim.metrics), printed beside the real-vs-real floor at the same n.
@@ -7,164 +7,19 @@ the data set's small classifier (gddim.metrics), printed beside the real-vs-real
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .atomic import atomic_file, atomic_write_text
+from .atomic import atomic_write_text
+from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
 from .errors import SettingsError
+from .generation import sample_images, save_grid
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
-from .networks import EpsModel
-from .processes import LinearProcess
-from .sampling import SamplerError, check_sampler, sample
-from .training import Checkpoint, load_checkpoint
-
-SAMPLER_KEYS = {"q": "order", "lam": "lam", "param": "parameterization", "pred": "prediction", "corr": "corrector",
-                "interp": "interpolation", "lof": "lower_order_final", "final": "final_step"}
-SPEC_FORM = "method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1][:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data]"
-FLAGS = {"0": False, "1": True}
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """One sampler setting, written as a spec string (SPEC_FORM), e.g. "gddim" (the default sampler), "gddim:q=2"
-    (the paper's q = 2), "gddim:q=3:pred=data:corr=1" or "em"; options left out take gddim.sample's defaults."""
-
-    method: str = "gddim"
-    order: int | None = None
-    lam: float | None = None
-    parameterization: str = "R"
-    prediction: str | None = None
-    corrector: bool | None = None
-    interpolation: str | None = None
-    lower_order_final: bool | None = None
-    final_step: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Sampler:
-        method, *options = spec.strip().split(":")
-        values: dict = {}
-        for option in options:
-            key, eq, value = option.partition("=")
-            if not eq or key not in SAMPLER_KEYS:
-                raise SettingsError(f"bad sampler option {option!r} in {spec!r}; write {SPEC_FORM}, "
-                                    "e.g. gddim:q=2 or gddim:lam=0.5")
-            values[SAMPLER_KEYS[key]] = value
-        try:
-            for name, kind in (("order", int), ("lam", float)):
-                if name in values:
-                    values[name] = kind(values[name])
-        except ValueError:
-            raise SettingsError(f"bad number in sampler spec {spec!r}") from None
-        for name in ("corrector", "lower_order_final"):
-            if name in values and values[name] not in FLAGS:
-                raise SettingsError(f"{name} in {spec!r} must be 0 or 1, got {values[name]!r}")
-            values[name] = FLAGS.get(values.get(name))
-        return cls(method, **values)
-
-    @property
-    def label(self) -> str:
-        """The spec string, keeping only what was set (parse(label) gives the sampler back)."""
-        parts = [self.method]
-        for key, name in SAMPLER_KEYS.items():
-            value = getattr(self, name)
-            if value is None or (name == "parameterization" and value == "R"):
-                continue
-            if isinstance(value, bool):
-                value = int(value)  # flags are written 0 / 1
-            elif name == "lam":
-                value = format(value, "g")
-            parts.append(f"{key}={value}")
-        return ":".join(parts)
-
-    def options(self) -> dict:
-        """Keyword arguments of gddim.sample; unset options are left out so that sample's defaults apply."""
-        chosen = {name: getattr(self, name) for name in SAMPLER_KEYS.values()}
-        return {"method": self.method, **{k: v for k, v in chosen.items() if v is not None}}
-
-
-# ---- sampling ----------------------------------------------------------------------------------------------
-
-def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim",
-                  order: int | None = None, lam: float | None = None, parameterization: str = "R", seed: int = 0,
-                  batch: int = 500, device=None, progress: bool = False, grid="quadratic", **options) -> torch.Tensor:
-    """n samples (n, C, H, W) on the CPU; the same seed gives every sampler the same starting noise.
-
-    grid: any grid of gddim.sample, e.g. "tuned" or the path of a grid file from gddim tune-grid; options: the
-    multistep options of gddim.sample (prediction, corrector, ...)."""
-    if n < 1 or batch < 1:
-        raise SettingsError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
-    weight = next(model.parameters())
-    device = torch.device(device) if device is not None else weight.device
-    model = model.to(device).eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            shape = (min(batch, n - start), model.data_channels, model.image_size, model.image_size)
-            # a half-precision network still gets a float32 state: the recursion's cancellations need it
-            u_T = process.prior_sample(shape, generator=generator, dtype=torch.promote_types(weight.dtype, torch.float32),
-                                       device=device)
-            out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization, grid=grid,
-                              generator=generator, progress=progress, **options).cpu())
-    return torch.cat(out)
-
-
-def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50,
-                           order: int | None = None, lam: float | None = None, parameterization: str = "R",
-                           seed: int = 0, batch: int = 500, device=None, progress: bool = False, grid="quadratic",
-                           **options) -> torch.Tensor:
-    """Samples of the checkpoint's EMA network with any sampler of gddim.sample."""
-    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
-    return sample_images(checkpoint.process(), checkpoint.network("ema", device), n, nfe, method, order, lam,
-                         parameterization, seed, batch, device, progress, grid, **options)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), clipped."""
-    pixels = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 48) -> Path:
-    """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
-    least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
-    pixels = to_uint8(images)
-    n, h, w, c = pixels.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows, pad = math.ceil(n / nrow), 1
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, image in enumerate(pixels):
-        r, col = divmod(i, nrow)
-        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
-    scale = max(1, math.ceil(min_size / max(h, w)))
-    picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        picture.save(tmp, format="PNG")
-    return path
-
-
-def save_npz(images: torch.Tensor, path: str | Path) -> Path:
-    """`images`: uint8 (N, H, W[, C]) readable by gddim.data.load_images; `x`: the raw float32 samples."""
-    pixels = to_uint8(images)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to the temp name
-        np.savez_compressed(f, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
-                            x=images.detach().cpu().float().numpy())
-    return path
-
+from .sampling import SamplerError, check_sampler
+from .spec import SamplerSpec
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 
@@ -174,7 +29,7 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
     return load_images(source, "train", image_size)
 
 
-def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes: list[int], n: int | None = None,
+def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
              grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic") -> dict:
@@ -191,7 +46,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
-    samplers = [s if isinstance(s, Sampler) else Sampler.parse(s) for s in samplers]
+    samplers = [s if isinstance(s, SamplerSpec) else SamplerSpec.parse(s) for s in samplers]
     real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
@@ -232,7 +87,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[Sampler | str], nfes:
     return result
 
 
-def _evaluate_record(process, model, sampler: Sampler, nfe: int, n: int, seed: int, batch: int, grid, score,
+def _evaluate_record(process, model, sampler: SamplerSpec, nfe: int, n: int, seed: int, batch: int, grid, score,
                      floor) -> tuple[dict, torch.Tensor | None]:
     """One (sampler, NFE) record and its samples; every record starts from the same seed, whatever runs before it."""
     began = time.perf_counter()
@@ -309,30 +164,3 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     fig.savefig(path, dpi=120)
     return path
 
-
-# ---- the quickstart ----------------------------------------------------------------------------------------
-
-QUICKSTART_SAMPLERS = ("gddim", "gddim:q=2", "em")  # the default, the paper's q = 2, Euler-Maruyama
-QUICKSTART_NFES = (10, 20, 50)
-
-
-def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
-    """Train a tiny CLD model on digits, sample it with gDDIM (the default and the paper's q=2) and Euler-Maruyama
-    at NFE 10, 20 and 50, and
-    write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's main job)."""
-    from .networks import preset
-    from .processes import CLD
-    from .training import TrainConfig, train
-
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()) and not (out / "run").is_dir():
-        raise FileExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
-    images = load_images("digits")
-    config = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=min(100, steps), ema_decay=0.999, seed=seed,
-                         ckpt_every=max(1, min(500, steps)), sample_every=0, sample_nfe=20)
-    result = train(CLD(), images, out / "run", preset("tiny"), config, {"source": "digits", "image_size": 8},
-                   progress=progress)
-    if result.interrupted:
-        raise KeyboardInterrupt
-    return evaluate(out / "run", list(QUICKSTART_SAMPLERS), list(QUICKSTART_NFES), n=n, seed=seed, out_dir=out,
-                    progress=progress)

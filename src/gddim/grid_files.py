@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import SettingsError
 from .processes import LinearProcess
 
@@ -38,8 +39,6 @@ def grid_record(times: np.ndarray, nfe: int, process: LinearProcess, tuned_on: d
 
 def write_grid_file(path: str | Path, record: dict) -> Path:
     """Write a grid_record atomically (a temporary file renamed into place)."""
-    from .training import atomic_write_text  # the training module loads the network stack: only writers need it
-
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")

@@ -19,9 +19,9 @@ from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
 from .processes import CLD, LinearProcess
+from .spec import METHODS
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS = ("gddim", "euler", "em", "ancestral", "sscs")
 MAX_ORDER = 3
 
 

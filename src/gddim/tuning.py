@@ -26,7 +26,9 @@ from .errors import SettingsError
 from .grids import steps_for_nfe, time_grid
 from .processes import LinearProcess
 from .sampling import EpsFn, host_model, probability_flow
+from .spec import SamplerSpec
 
+STEP_SAMPLER = SamplerSpec(order=0)  # the sampler whose one-step error prices a step (step_costs_of_path)
 CANDIDATES = 80
 CANDIDATE_GRID = "logsnr"
 # far below the local errors of any grid worth tuning (≥ 1e-3 at NFE ≤ 50); a float32 network's round-off makes

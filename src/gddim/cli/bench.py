@@ -1,4 +1,4 @@
-"""`gddim bench exact|coefficients`: the benchmarks of BENCHMARKS.md §1 and §3 (gddim.benchmark does the work)."""
+"""`gddim bench exact|coefficients`: the benchmarks of BENCHMARKS.md §1 and §3 (gddim.bench does the work)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .. import sweeps
+from ..bench import sweeps
 from .options import PROCESSES, non_empty, non_negative, positive, positive_number
 
 
@@ -71,7 +71,8 @@ def _command(args, options: dict) -> str:
 
 
 def run_exact(args) -> int:
-    from .. import benchmark
+    from ..bench.exact_score import exact_score_benchmark
+    from ..bench.exact_summary import format_summary
 
     _prepare(args)
     batch = args.batch or (sweeps.QUICK["batch"] if args.quick else 256)
@@ -80,25 +81,25 @@ def run_exact(args) -> int:
     options = {"dataset": args.dataset, "split": args.split, "image_size": args.image_size,
                "data_points": args.data_points, "processes": args.processes, "nfes": nfes, "batch": batch,
                "seed": args.seed, "rtol": rtol, "out": args.out, "threads": args.threads}
-    result = benchmark.exact_score_benchmark(args.dataset, args.out, tuple(args.processes), nfes, batch, args.seed,
-                                             args.split, args.image_size, rtol, args.data_points,
-                                             command=_command(args, options))
+    result = exact_score_benchmark(args.dataset, args.out, tuple(args.processes), nfes, batch, args.seed,
+                                   args.split, args.image_size, rtol, args.data_points, command=_command(args, options))
     print(f"results: {args.out / 'results.json'}; plots: " + ", ".join(str(args.out / f"{p}.png") for p in args.processes))
     print(f"machine: {result['machine']['cores']} cores, torch {result['machine']['torch']} "
           f"({result['machine']['torch_threads']} threads); {result['seconds']['total']} s")
-    print(benchmark.format_summary(result["summary"]))
+    print(format_summary(result["summary"]))
     return 0
 
 
 def run_coefficients(args) -> int:
-    from .. import benchmark
+    from ..bench.coefficient_times import coefficient_build_times
+    from ..bench.records import write_json
 
     _prepare(args)
     options = {"processes": args.processes, "nfes": args.nfes, "repeats": args.repeats,
                "bdm_image_size": args.bdm_image_size, "out": args.out, "threads": args.threads}
-    result = benchmark.coefficient_build_times(tuple(args.processes), tuple(args.nfes), repeats=args.repeats,
-                                               bdm_image_size=args.bdm_image_size, command=_command(args, options))
-    benchmark.write_json(args.out / "results.json", result)
+    result = coefficient_build_times(tuple(args.processes), tuple(args.nfes), repeats=args.repeats,
+                                     bdm_image_size=args.bdm_image_size, command=_command(args, options))
+    write_json(args.out / "results.json", result)
     print(f"results: {args.out / 'results.json'}")
     for name, worst in result["summary"].items():
         print(f"{name}: slowest median build {worst['slowest_total_cpu_s']:.3g} s CPU ({worst['its_total_s']:.3g} s wall) "

@@ -55,7 +55,7 @@ def _model(args):
         if args.images is None:
             raise SettingsError("a diffusers model records no data set: name the images to invert with --images")
         return model.process, model, args.images, None, torch.float32
-    from ..training import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     source, image_size = checkpoint.data_source(args.images, option="--images")

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
+
+from ..errors import SettingsError
+from ..spec import METHODS, SamplerSpec
 
 PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
 GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
-SAMPLER_METHODS = ("gddim", "euler", "em", "ancestral", "sscs")  # gddim.sampling.METHODS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-SAMPLER_SPEC = re.compile(r"[a-z]+(:(q|lam|param|pred|corr|interp|lof|final)=[^:,=]+)*")
 
 
 def integer(minimum: int, maximum: int | None = None):
@@ -80,13 +80,12 @@ def comma_list(item, example: str):
     return parse
 
 
-def sampler_spec(text: str) -> str:
-    """method[:q=N][:lam=X][:param=R|L][:pred=..]...; the values are checked with the sampler's own rules."""
-    method = text.split(":")[0]
-    if not SAMPLER_SPEC.fullmatch(text) or method not in SAMPLER_METHODS:
-        raise argparse.ArgumentTypeError(f"write method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]... with a method of "
-                                         f"{', '.join(SAMPLER_METHODS)} (e.g. gddim:q=2)")
-    return text
+def sampler_spec(text: str) -> SamplerSpec:
+    """method[:q=N][:lam=X][:param=R|L][:pred=..]... read by gddim.spec; the values are checked when the command runs."""
+    try:
+        return SamplerSpec.parse(text)
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 nfe_list = comma_list(positive, "10,20,50")
@@ -117,8 +116,6 @@ def non_empty(text: str) -> str:
 def check_device(name: str) -> None:
     """Refuse a device this machine lacks before any work (torch is imported here, when a command runs)."""
     import torch
-
-    from ..errors import SettingsError
 
     dev = torch.device(name)
     backend = {"cpu": None, "cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None),

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from ..errors import SettingsError
-from .options import (PRESET_NAMES, PROCESSES, SAMPLER_METHODS, device, integer, non_empty, non_negative, nfe_list,
+from ..spec import METHODS, SPEC_FORM
+from ..training_config import TrainConfig
+from .options import (PRESET_NAMES, PROCESSES, device, integer, non_empty, non_negative, nfe_list,
                       number, one_of, order, output_prefix, positive, positive_number, sampler_list, unit_interval)
 
 
@@ -28,10 +30,13 @@ def register(subparsers) -> None:
 
 # ---- train -------------------------------------------------------------------------------------------------
 
-TRAIN_DEFAULTS = {"process": "cld", "data": "digits", "image_size": None, "preset": "tiny", "steps": 2000, "batch": 64,
-                  "lr": 1e-3, "warmup": 100, "ema": 0.999, "grad_clip": 1.0, "flip": False, "seed": 0,
-                  "ckpt_every": 500, "sample_every": 0, "out": None, "resume": False, "device": None,
-                  "no_progress": False}
+# option -> the TrainConfig field it sets, whose default it takes
+TRAIN_FIELDS = {"steps": "steps", "batch": "batch_size", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
+                "grad_clip": "grad_clip", "flip": "flip", "seed": "seed", "ckpt_every": "ckpt_every",
+                "sample_every": "sample_every"}
+TRAIN_DEFAULTS = {"process": "cld", "data": "digits", "image_size": None, "preset": "tiny",
+                  **{option: getattr(TrainConfig, name) for option, name in TRAIN_FIELDS.items()},
+                  "out": None, "resume": False, "device": None, "no_progress": False}
 # how each option's value is checked, on the command line and in a --config file alike
 TRAIN_TYPES = {"process": one_of(sorted(PROCESSES)), "data": non_empty, "image_size": positive,
                "preset": one_of(PRESET_NAMES), "steps": positive, "batch": positive, "lr": positive_number,
@@ -52,16 +57,18 @@ def _train_parser(subparsers) -> None:
                    help="digits (default), fashion-mnist, cifar10:PATH, a folder of images or an .npz file")
     p.add_argument("--image-size", type=TRAIN_TYPES["image_size"], help="resize the images to this square size")
     p.add_argument("--preset", choices=PRESET_NAMES, help="network size (default tiny)")
-    p.add_argument("--steps", type=TRAIN_TYPES["steps"], help="default 2000")
-    p.add_argument("--batch", type=TRAIN_TYPES["batch"], help="batch size per process (default 64)")
-    p.add_argument("--lr", type=TRAIN_TYPES["lr"], help="default 1e-3, good for the small presets (the paper's "
+    p.add_argument("--steps", type=TRAIN_TYPES["steps"], help=f"default {TRAIN_DEFAULTS['steps']}")
+    p.add_argument("--batch", type=TRAIN_TYPES["batch"], help=f"batch size per process (default {TRAIN_DEFAULTS['batch']})")
+    p.add_argument("--lr", type=TRAIN_TYPES["lr"], help=f"default {TRAIN_DEFAULTS['lr']:g}, good for the small presets (the paper's "
                    "100M-parameter model uses 2e-4: configs/cifar10_cld_paper.json)")
-    p.add_argument("--warmup", type=TRAIN_TYPES["warmup"], help="linear learning-rate warmup steps (default 100)")
-    p.add_argument("--ema", type=TRAIN_TYPES["ema"], help="EMA decay of the weights, in [0, 1) (default 0.999)")
-    p.add_argument("--grad-clip", type=TRAIN_TYPES["grad_clip"], help="default 1.0")
+    p.add_argument("--warmup", type=TRAIN_TYPES["warmup"], help="linear learning-rate warmup steps "
+                   f"(default {TRAIN_DEFAULTS['warmup']})")
+    p.add_argument("--ema", type=TRAIN_TYPES["ema"], help="EMA decay of the weights, in [0, 1) "
+                   f"(default {TRAIN_DEFAULTS['ema']})")
+    p.add_argument("--grad-clip", type=TRAIN_TYPES["grad_clip"], help=f"default {TRAIN_DEFAULTS['grad_clip']}")
     p.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
-    p.add_argument("--seed", type=TRAIN_TYPES["seed"], help="default 0")
-    p.add_argument("--ckpt-every", type=TRAIN_TYPES["ckpt_every"], help="default 500")
+    p.add_argument("--seed", type=TRAIN_TYPES["seed"], help=f"default {TRAIN_DEFAULTS['seed']}")
+    p.add_argument("--ckpt-every", type=TRAIN_TYPES["ckpt_every"], help=f"default {TRAIN_DEFAULTS['ckpt_every']}")
     p.add_argument("--sample-every", type=TRAIN_TYPES["sample_every"],
                    help="write a sample grid every N steps (default 0: at the end)")
     p.add_argument("--out", type=TRAIN_TYPES["out"],
@@ -122,14 +129,12 @@ def _run_train(args) -> int:
     from ..data import load_images
     from ..networks import preset
     from ..processes import make_process
-    from ..training import TrainConfig, train
+    from ..training import train
 
     o = train_options(args)
     source = data_source(o["data"])
     images = load_images(source, "train", o["image_size"])
-    config = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"], warmup=o["warmup"], ema_decay=o["ema"],
-                         grad_clip=o["grad_clip"], flip=o["flip"], seed=o["seed"], ckpt_every=o["ckpt_every"],
-                         sample_every=o["sample_every"])
+    config = TrainConfig(**{name: o[option] for option, name in TRAIN_FIELDS.items()})
     result = train(make_process(o["process"], tuple(images.shape[-2:])), images, o["out"], preset(o["preset"]), config,
                    {"source": source, "image_size": o["image_size"]}, resume=True if o["resume"] else None,
                    progress=not o["no_progress"], device=o["device"])
@@ -141,7 +146,7 @@ def _run_train(args) -> int:
 # ---- sample ------------------------------------------------------------------------------------------------
 
 def _sampler_options(p) -> None:
-    p.add_argument("--method", default="gddim", choices=SAMPLER_METHODS)
+    p.add_argument("--method", default="gddim", choices=METHODS)
     p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, corrector), set: the paper's gDDIM of that order")
     p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
@@ -174,7 +179,7 @@ def _sample_parser(subparsers) -> None:
 
 def _run_sample(args) -> int:
     from ..diffusers import is_diffusers_folder, load_unet_eps
-    from ..evaluation import sample_from_checkpoint, sample_images, save_grid, save_npz
+    from ..generation import sample_from_checkpoint, sample_images, save_grid, save_npz
 
     prefix = Path(args.out)
     grid, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
@@ -202,8 +207,7 @@ def _evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Fréchet distance vs NFE for several samplers -> JSON + PNG")
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
-                   help='comma-separated specs method[:q=N][:lam=X][:param=R|L][:pred=data|eps][:corr=0|1]'
-                        '[:interp=t|sqrt_t|logsnr][:lof=0|1][:final=data|integrate], e.g. "gddim,gddim:q=2,em"; '
+                   help=f'comma-separated specs {SPEC_FORM}, e.g. "gddim,gddim:q=2,em"; '
                         '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
@@ -238,7 +242,7 @@ def _run_evaluate(args) -> int:
 # ---- quickstart --------------------------------------------------------------------------------------------
 
 def _run_quickstart(args) -> int:
-    from ..evaluation import quickstart
+    from ..quickstart import quickstart
 
     out = Path(args.out)
     try:

@@ -29,8 +29,8 @@ def run(args) -> int:
     import torch
 
     from ..grid_files import grid_record, write_grid_file
-    from ..training import load_checkpoint
-    from ..tuning import CANDIDATES, TEACHER_RTOL, model_step_costs, tuned_steps
+    from ..checkpoints import load_checkpoint
+    from ..tuning import CANDIDATES, STEP_SAMPLER, TEACHER_RTOL, model_step_costs, tuned_steps
 
     candidates = CANDIDATES if args.candidates is None else args.candidates
     rtol = TEACHER_RTOL if args.rtol is None else args.rtol
@@ -48,7 +48,8 @@ def run(args) -> int:
     times = costs.grid(n_steps)
     tuned_on = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "batch": args.batch, "seed": args.seed,
                 "candidates": candidates, "rtol": rtol, "model_calls": costs.model_calls,
-                "seconds": round(costs.seconds, 2), "summed_step_cost": float(costs.path_cost(n_steps))}
+                "seconds": round(costs.seconds, 2), "step_sampler": STEP_SAMPLER.label,
+                "summed_step_cost": float(costs.path_cost(n_steps))}
     write_grid_file(out, grid_record(times, args.nfe, process, tuned_on))
     print(f"grid of {n_steps} steps for nfe={args.nfe}: " + ", ".join(f"{t:.4g}" for t in times))
     print(f"{costs.model_calls} model calls on {args.batch} samples, {costs.seconds:.1f} s -> {out}")

@@ -1,0 +1,116 @@
+"""Several processes under torchrun (gloo on CPU): DDP training agrees across ranks; the group helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gddim.checkpoints import load_checkpoint
+from gddim.distributed import InterruptFlag, ProcessGroup, gather_rows, process_group, run_on_rank0, shard
+
+DDP_SCRIPT = """
+import os, sys, torch
+from safetensors.torch import save_file
+import gddim
+from gddim.data import load_images
+from gddim.networks import NetworkConfig
+from gddim.training import TrainConfig, train
+torch.set_num_threads(1)
+net = NetworkConfig(channels=(16, 32), attention=(False, False), layers_per_block=1, mid_attention=False,
+                    norm_groups=8, dropout=0.1, gaussian_skip=0.5)
+out = sys.argv[1]
+r = train(gddim.CLD(), load_images("digits")[:256], out + "/run", net,
+          TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup=2, ckpt_every=3, sample_nfe=4),
+          {"source": "digits", "image_size": None}, progress=False)
+rank = os.environ["RANK"]
+save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+print("losses", rank, r.losses)
+"""
+
+
+def test_ddp_two_gloo_processes_agree(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.step == 3 and ckpt.meta["world_size"] == 2
+    assert all(torch.equal(a[k], ckpt.tensors[f"model.{k}"]) for k in a)
+    losses = [line.split(" ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("losses")]
+    assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
+
+
+
+GROUP_SCRIPT = """
+import sys, torch
+from gddim.distributed import from_rank0, gather_rows, process_group, run_on_rank0, shard
+
+def refuse():
+    raise FileExistsError("rank 0 refused")
+
+with process_group("cpu") as group:
+    items = shard(7, group)
+    gathered = gather_rows(torch.arange(7.0)[items.start:items.stop, None].repeat(1, 2), group)
+    word = from_rank0(f"from rank {group.rank}", group.world)
+    try:
+        run_on_rank0(group, refuse)
+        raised = None
+    except FileExistsError as err:
+        raised = str(err)
+    print("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised, flush=True)
+"""
+
+
+def test_group_helpers_on_two_gloo_processes(tmp_path):
+    script = tmp_path / "group.py"
+    script.write_text(GROUP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    everything = [float(i) for i in range(7)]
+    assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused",
+                     f"rank 1 2 [4, 5, 6] {everything} from rank 0 rank 0 refused"]
+
+
+def test_a_single_process_is_a_group_of_one(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu") as group:
+        assert (group.rank, group.world, group.device, group.is_main) == (0, 1, torch.device("cpu"), True)
+        assert shard(5, group) == range(5)
+        rows = torch.randn(5, 3)
+        assert gather_rows(rows, group) is rows
+        assert run_on_rank0(group, lambda a, b: a + b, 2, 3) == 5
+        with pytest.raises(FileExistsError, match="refused"):
+            run_on_rank0(group, refuse)
+
+
+def refuse():
+    raise FileExistsError("refused")
+
+
+@pytest.mark.parametrize("n, world, sizes", [(7, 3, [3, 2, 2]), (2, 4, [1, 1, 0, 0]), (8, 4, [2, 2, 2, 2])])
+def test_shards_are_contiguous_and_cover_every_item_once(n, world, sizes):
+    shards = [shard(n, ProcessGroup(rank, world, torch.device("cpu"), False)) for rank in range(world)]
+    assert [len(s) for s in shards] == sizes and [i for s in shards for i in s] == list(range(n))
+
+
+def test_a_stop_signal_sets_the_flag_and_the_old_handler_comes_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with InterruptFlag() as interrupt:
+        assert not interrupt.raised
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.raised and interrupt.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
