@@ -25,7 +25,7 @@ from gddim.evaluation import evaluate
 
 HERE = Path(__file__).resolve().parent
 DEFAULT, PAPER = "gddim", "gddim:q=2"
-CANDIDATES = [DEFAULT, PAPER, "gddim:q=2:pred=data:corr=1:lof=1", "gddim:q=1:pred=data:corr=1:lof=1",
+CANDIDATES = [DEFAULT, PAPER, "gddim:q=3:pred=data:corr=1:lof=1", "gddim:q=1:pred=data:corr=1:lof=1",
               "gddim:q=3:pred=data:corr=0:lof=1", "gddim:q=3:pred=data:corr=1:lof=1:interp=logsnr",
               "gddim:q=2:pred=data:corr=1:lof=1:interp=logsnr", "gddim:q=3:pred=data:corr=1:lof=1:final=data"]
 
