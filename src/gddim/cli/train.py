@@ -147,7 +147,7 @@ def _run_train(args) -> int:
 
 def _sampler_options(p) -> None:
     p.add_argument("--method", default="gddim", choices=METHODS)
-    p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, corrector), set: the paper's gDDIM of that order")
+    p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=2, data form, corrector), set: the paper's gDDIM of that order")
     p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
     p.add_argument("--pred", choices=("data", "eps"), help="gDDIM history form: data (DPM-Solver++'s) or eps (the paper's)")
@@ -208,7 +208,7 @@ def _evaluate_parser(subparsers) -> None:
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
                    help=f'comma-separated specs {SPEC_FORM}, e.g. "gddim,gddim:q=2,em"; '
-                        '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
+                        '"gddim" alone is the default sampler (q=2, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     _grid_option(p)
     p.add_argument("--n", type=integer(2), help="samples per score (default min(1000, real/2))")
