@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 import torch
 
 from gddim import errors
-from gddim.cli import main, options
+from gddim.cli import main
 from gddim.data import load_images
 from gddim.checkpoints import CheckpointError, load_checkpoint
 
@@ -235,35 +233,7 @@ def test_state_file_that_is_not_plain_weights_is_one_line(copy, tmp_path, kind, 
     assert not marker.exists()
 
 
-# ---- cheap imports, one error family -------------------------------------------------------------------------
-
-def test_parsing_and_help_import_no_torch():
-    code = """
-import sys
-from gddim.cli import build_parser
-parser = build_parser()
-for command in (["train"], ["sample"], ["evaluate"], ["quickstart"], ["invert"], ["bench", "exact"],
-                ["bench", "coefficients"], []):
-    try:
-        parser.parse_args(command + ["--help"])
-    except SystemExit:
-        pass
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "scipy", "sklearn", "numpy"))
-print("HEAVY", heavy)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
-    assert "HEAVY []" in out
-
-
-def test_names_offered_by_the_parsers_are_the_library_names():
-    from gddim import grids, networks, processes, sampling
-
-    assert options.PROCESSES == tuple(processes.PROCESSES)
-    assert options.PRESET_NAMES == tuple(sorted(networks.PRESETS))
-    assert options.GRID_NAMES == grids.GRIDS
-    assert options.MAX_ORDER == sampling.MAX_ORDER
-
+# ---- one error family -------------------------------------------------------------------------------------
 
 def test_every_user_error_is_a_gddim_error_and_keeps_its_old_base():
     from gddim import checkpoints, data, networks, sampling, training

@@ -11,20 +11,31 @@ import pytest
 import torch
 
 import gddim
+import gddim.exact
 from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_alpha_bar
 from gddim.errors import CheckpointError
+from gddim.noise_levels import ZERO_SNR_STAND_IN
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
+PAPER = {"predict_x0": False, "use_corrector": False, "lower_order_final": False}  # the paper's gDDIM, ε form
+
+
+def paper(**options) -> dict:
+    """Scheduler options of the paper's sampler (the ε form, no corrector) that the given options extend."""
+    return {**PAPER, **options}
+
+
 # every sampler variant by its scheduler options; the first four are the orders of the ε form
 VARIANTS = [
-    {"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3}, {"solver_order": 4},
-    {"solver_order": 1, "predict_x0": True}, {"solver_order": 3, "predict_x0": True},
-    {"solver_order": 4, "algorithm_type": "dpmsolver++"},
-    {"solver_order": 2, "use_corrector": True}, {"solver_order": 3, "predict_x0": True, "use_corrector": True},
-    {"solver_order": 2, "predict_x0": True, "use_corrector": True, "disable_corrector": [0, 3]},
-    {"solver_order": 3, "interpolation": "sqrt_t"}, {"solver_order": 3, "predict_x0": True, "interpolation": "logsnr"},
-    {"solver_order": 3, "lower_order_final": True}, {"solver_order": 2, "predict_x0": True, "lam": 0.5},
-    {"solver_order": 1, "lam": 1.0}, {"solver_order": 2, "predict_x0": True, "lam": 0.3, "use_corrector": True},
+    paper(solver_order=1), paper(solver_order=2), paper(solver_order=3), paper(solver_order=4),
+    paper(solver_order=1, predict_x0=True), paper(solver_order=3, predict_x0=True),
+    {**paper(solver_order=4, algorithm_type="dpmsolver++"), "predict_x0": None},
+    paper(solver_order=2, use_corrector=True), paper(solver_order=3, predict_x0=True, use_corrector=True),
+    paper(solver_order=2, predict_x0=True, use_corrector=True, disable_corrector=[0, 3]),
+    paper(solver_order=3, interpolation="sqrt_t"), paper(solver_order=3, predict_x0=True, interpolation="logsnr"),
+    paper(solver_order=3, lower_order_final=True), paper(solver_order=2, predict_x0=True, lam=0.5),
+    paper(solver_order=1, lam=1.0), paper(solver_order=2, predict_x0=True, lam=0.3, use_corrector=True),
+    {},  # the default: gddim.sample's
 ]
 
 
@@ -70,7 +81,7 @@ def test_solver_order_1_is_ddim(spacing, steps, to_one, data):
 @pytest.mark.parametrize("spacing,steps", [("leading", 10), ("trailing", 20), ("linspace", 7)])
 def test_lam1_is_ddpm_posterior_step(spacing, steps):
     # the same generator draws the same noise: mean and variance must both agree for the loops to match
-    ours = GDDIMScheduler(timestep_spacing=spacing, lam=1.0)
+    ours = GDDIMScheduler(**paper(solver_order=1), timestep_spacing=spacing, lam=1.0)
     ddpm = diffusers.DDPMScheduler(timestep_spacing=spacing, clip_sample=False)
     ours.set_timesteps(steps)
     ddpm.set_timesteps(steps)
@@ -84,7 +95,7 @@ def test_lam1_is_ddpm_posterior_step(spacing, steps):
 def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
     # MATH §3.3: mean √(ᾱs/ᾱt) x + [Ψ̂ - Ψ] √(1-ᾱt) ε with Ψ̂ = √(ᾱs/ᾱt) ρ^((1+λ²)/2), variance (1-ᾱs)(1-ρ^λ²)
     lam, n = 0.5, 40000
-    sched = GDDIMScheduler(lam=lam)
+    sched = GDDIMScheduler(**paper(solver_order=1), lam=lam)
     sched.set_timesteps(4)
     t, s = (int(v) for v in sched.timesteps[1:3])
     at, as_ = (float(sched.alphas_cumprod[v]) for v in (t, s))
@@ -100,7 +111,8 @@ def test_intermediate_lam_step_has_the_closed_form_mean_and_variance():
 
 
 def test_v_prediction_equals_epsilon_with_the_converted_output():
-    eps_s, v_s = GDDIMScheduler(solver_order=3), GDDIMScheduler(solver_order=3, prediction_type="v_prediction")
+    eps_s = GDDIMScheduler(**paper(solver_order=3))
+    v_s = GDDIMScheduler(**paper(solver_order=3), prediction_type="v_prediction")
     eps_s.set_timesteps(12)
     v_s.set_timesteps(12)
     model = wobbly(eps_s)
@@ -118,8 +130,7 @@ def test_v_prediction_equals_epsilon_with_the_converted_output():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("options", [{"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3},
-                                     {"solver_order": 4}, *VARIANTS[4:]])
+@pytest.mark.parametrize("options", VARIANTS)
 @pytest.mark.parametrize("to_one", [True, False])
 def test_every_variant_is_exact_for_dirac_data(options, to_one):
     # ε is constant along the ODE for a single data point (MATH §1.5): every order and form lands on the
@@ -139,11 +150,14 @@ def test_every_variant_is_exact_for_dirac_data(options, to_one):
 
 
 def sample_options(options: dict) -> dict:
-    """The same sampler in gddim.sample's option names."""
-    data = options.get("predict_x0", options.get("algorithm_type") == "dpmsolver++")
-    return {"order": options.get("solver_order", 1) - 1, "lam": options.get("lam", 0.0),
-            "prediction": "data" if data else "eps", "corrector": options.get("use_corrector", False),
-            "interpolation": options.get("interpolation", "t"), "lower_order_final": options.get("lower_order_final", False)}
+    """The same sampler in gddim.sample's option names (no option: gddim.sample's default)."""
+    if not options:
+        return {}
+    by_algorithm = options.get("predict_x0") is None and options.get("algorithm_type") == "dpmsolver++"
+    data = options.get("predict_x0") or by_algorithm
+    return {"order": options["solver_order"] - 1, "lam": options.get("lam", 0.0),
+            "prediction": "data" if data else "eps", "corrector": options["use_corrector"],
+            "interpolation": options.get("interpolation", "t"), "lower_order_final": options["lower_order_final"]}
 
 
 @pytest.mark.parametrize("options", [v for v in VARIANTS if "disable_corrector" not in v])
@@ -167,7 +181,7 @@ def test_every_variant_equals_gddim_sample(options):
 def test_disable_corrector_leaves_those_steps_uncorrected():
     # UniPC's list: the result of step k is not corrected; disabling every step is no corrector at all
     def run(**options):
-        sched = GDDIMScheduler(solver_order=2, predict_x0=True, **options)
+        sched = GDDIMScheduler(**{**paper(solver_order=2, predict_x0=True), **options})
         sched.set_timesteps(6)
         return loop(sched, torch.linspace(-2, 2, 7, dtype=torch.float64), wobbly_1d(sched))
 
@@ -198,103 +212,10 @@ def wobbly_1d(scheduler):
     return lambda x, t: gaussian_eps(scheduler, x, t) + 0.2 * torch.tanh(3 * x + 1e-3 * float(t))
 
 
-PEERS = [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler, diffusers.DEISMultistepScheduler,
-         diffusers.DPMSolverSinglestepScheduler]
-
-
-def run_steps(scheduler, steps: int = 6) -> torch.Tensor:
-    scheduler.set_timesteps(steps)
-    x, out = torch.ones(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
-    for t in scheduler.timesteps:
-        x = scheduler.step(out, t, x).prev_sample
-    assert torch.isfinite(x).all()
-    return x
-
-
-@pytest.mark.parametrize("peer", PEERS, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("data", [True, False])
-def test_switching_with_diffusers_multistep_schedulers_keeps_the_order(peer, order, data):
-    # DPM-Solver's ε form cannot land on ᾱ = 1 (it refuses final_sigmas_type="zero", DEIS's configs alike)
-    ours = GDDIMScheduler(solver_order=order, predict_x0=data, final_sigmas_type="zero" if data else "sigma_min")
-    theirs = peer.from_config(ours.config)
-    assert theirs.config.solver_order == order
-    if "algorithm_type" in theirs.config and peer is not diffusers.DEISMultistepScheduler:
-        assert theirs.config.algorithm_type == ("dpmsolver++" if data else "dpmsolver")
-    if "predict_x0" in theirs.config:
-        assert theirs.config.predict_x0 == data
-    run_steps(theirs)
-    back = GDDIMScheduler.from_config(peer(solver_order=order, **_form_key(peer, data)).config)
-    assert back.config.solver_order == order
-    assert back.config.predict_x0 == (data and peer is not diffusers.DEISMultistepScheduler)
-    run_steps(back)
-    assert back._recursion.C.shape[1] == order  # model outputs combined per step
-
-
-def _form_key(peer, data: bool) -> dict:
-    if peer is diffusers.UniPCMultistepScheduler:
-        return {"predict_x0": data}
-    if peer is diffusers.DEISMultistepScheduler:
-        return {}  # DEIS is the ε form only
-    return {"algorithm_type": "dpmsolver++"} if data else {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}
-
-
-@pytest.mark.parametrize("peer", PEERS, ids=lambda c: c.__name__)
-def test_saved_configs_switch_with_their_defaults(peer, tmp_path):
-    # a pipeline's scheduler config on disk holds every key: each side reads the other's order and form
-    peer().save_config(tmp_path / "theirs")
-    ours = GDDIMScheduler.from_config(GDDIMScheduler.load_config(tmp_path / "theirs"))
-    assert ours.config.solver_order == 2 and ours.config.predict_x0 == (peer is not diffusers.DEISMultistepScheduler)
-    run_steps(ours)
-    # diffusers' solvers landing on σ = 0 need their last step first order, and DPM-Solver the data form there
-    GDDIMScheduler(solver_order=3, predict_x0=True, lower_order_final=True).save_config(tmp_path / "ours")
-    theirs = peer.from_config(peer.load_config(tmp_path / "ours"))
-    assert theirs.config.solver_order == 3
-    run_steps(theirs)
-
-
-def test_a_choice_under_either_name_carries_over():
-    # in memory, from_config skips keys left at their defaults; predict_x0 set means algorithm_type set too
-    ours = GDDIMScheduler(solver_order=2, predict_x0=False, set_alpha_to_one=False)
-    dpm = diffusers.DPMSolverMultistepScheduler.from_config(ours.config)
-    assert dpm.config.algorithm_type == "dpmsolver" and dpm.config.final_sigmas_type == "sigma_min"
-    unipc = diffusers.UniPCMultistepScheduler.from_config(GDDIMScheduler(set_alpha_to_one=False).config)
-    assert unipc.config.final_sigmas_type == "sigma_min"
-    assert diffusers.DPMSolverMultistepScheduler.from_config(GDDIMScheduler().config).config.algorithm_type == "dpmsolver++"
-
-
-def test_solver_order_4_switches_into_unipc():
-    theirs = diffusers.UniPCMultistepScheduler.from_config(GDDIMScheduler(solver_order=4).config)
-    assert theirs.config.solver_order == 4
-    run_steps(theirs, 8)
-
-
-@pytest.mark.parametrize("peer,to_one", [(diffusers.DDIMScheduler(set_alpha_to_one=False), False),
-                                         (diffusers.DDIMScheduler(), True), (diffusers.DDPMScheduler(), True)],
-                         ids=["ddim-sigma_min", "ddim", "ddpm"])
-def test_ddim_and_ddpm_configs_load_as_ddim(peer, to_one):
-    ours = GDDIMScheduler.from_config(peer.config)
-    assert ours.config.solver_order == 1 and ours.config.set_alpha_to_one is to_one
-    assert ours.config.final_sigmas_type == ("zero" if to_one else "sigma_min")
-    run_steps(ours)
-
-
-def test_dpm_solver_config_keeps_its_form_and_landing():
-    dpm = diffusers.DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++", final_sigmas_type="sigma_min")
-    ours = GDDIMScheduler.from_config(dpm.config)
-    assert ours.config.predict_x0 is True and ours.config.set_alpha_to_one is False
-    assert ours.final_alpha_cumprod == float(ours.alphas_cumprod[0])
-    assert not GDDIMScheduler.from_config(diffusers.DEISMultistepScheduler().config).config.predict_x0
-    with pytest.warns(UserWarning, match=r"algorithm_type='dpmsolver\+\+' is ignored"):
-        assert not GDDIMScheduler(predict_x0=False, algorithm_type="dpmsolver++").config.predict_x0
-    with pytest.warns(UserWarning, match="set_alpha_to_one=True is ignored"):
-        assert GDDIMScheduler(final_sigmas_type="sigma_min", set_alpha_to_one=True).final_alpha_cumprod < 1
-
-
 def test_higher_order_converges_faster_on_gaussian_data():
     # the probability-flow ODE of Gaussian data scales x by std_end/std_start: an exact answer to converge to
     def error(order, steps):
-        sched = GDDIMScheduler(solver_order=order)
+        sched = GDDIMScheduler(**paper(solver_order=order))
         sched.set_timesteps(steps)
         x = torch.linspace(-2, 2, 5, dtype=torch.float64)
         a_t = float(sched.alphas_cumprod[sched.timesteps[0]])
@@ -321,18 +242,9 @@ def test_begin_index_warms_up_from_there():
     torch.testing.assert_close(x, mu, rtol=0, atol=1e-10)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    sched = GDDIMScheduler(solver_order=4, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                           prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1)
-    sched.save_pretrained(tmp_path)
-    loaded = GDDIMScheduler.from_pretrained(tmp_path)
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
-    assert public(loaded.config) == public(sched.config)
-    torch.testing.assert_close(loaded.alphas_cumprod, sched.alphas_cumprod, rtol=0, atol=0)
-    # a DDIM config loads too: its unknown keys are ignored, the schedule carries over
-    from_ddim = GDDIMScheduler.from_config(diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2").config)
-    torch.testing.assert_close(from_ddim.alphas_cumprod,
-                               diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double())
+def test_a_ddim_config_carries_its_schedule():
+    ddim = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    torch.testing.assert_close(GDDIMScheduler.from_config(ddim.config).alphas_cumprod, ddim.alphas_cumprod.double())
 
 
 def test_add_noise_and_velocity_match_ddpm():
@@ -346,8 +258,9 @@ def test_add_noise_and_velocity_match_ddpm():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"solver_order": 5}, "solver_order"), ({"solver_order": 0}, "solver_order"), ({"solver_order": 1.5}, "solver_order"),
-    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"lam": 0.5, "solver_order": 2}, "predict_x0=True"),
-    ({"lam": 0.5, "use_corrector": True}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
+    ({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"),
+    ({"lam": 0.5, "solver_order": 2, "predict_x0": False}, "predict_x0=True"),
+    ({"lam": 0.5, "use_corrector": True, "predict_x0": False}, "predict_x0=True"), ({"predict_x0": "yes"}, "predict_x0"),
     ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"), ({"final_sigmas_type": "sigma_max"}, "final_sigmas_type"),
     ({"set_alpha_to_one": "no"}, "set_alpha_to_one"), ({"interpolation": "log"}, "interpolation"),
     ({"use_corrector": 1}, "use_corrector"), ({"lower_order_final": None}, "lower_order_final"),
@@ -421,6 +334,16 @@ def test_unet_folder_as_eps_model(pipeline_folder):
     np.testing.assert_allclose(other.timesteps(torch.from_numpy(t_vp)).numpy(), [10, 300, 900], atol=1e-6)
     x = gddim.sample(process, model, process.prior_sample((2, 1, 8, 8)), nfe=3)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_unet_folder_has_the_schedulers_process(pipeline_folder, tmp_path):
+    # grid files tuned on the folder's model fit GDDIMScheduler.set_timesteps: both see the same DiscreteVP
+    config = json.loads((pipeline_folder / "scheduler" / "scheduler_config.json").read_text())
+    for schedule in (config, {**config, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}):
+        model = load_unet_eps(pipeline_folder / "unet", schedule=schedule)
+        sched = GDDIMScheduler.from_config({**schedule, "clip_sample": False}, predict_x0=True)
+        assert model.process.config() == sched.process.config()
+    assert model.process.alphas_cumprod[-1] == ZERO_SNR_STAND_IN
 
 
 def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):

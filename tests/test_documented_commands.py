@@ -81,6 +81,7 @@ SMOKE = {
     "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
     "benchmarks/peers_fashion-mnist": Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
     "python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json": Smoke(("--quick",)),
+    "python benchmarks/peers_flow.py --dataset digits --out benchmarks/peers_flow_digits": Smoke(PEERS_SMOKE),
     "gddim bench exact --dataset digits --out benchmarks/exact_digits --threads 1":
         Smoke(("--quick", "--data-points", "100", "--nfes", "5", "10", "--batch", "4", "--rtol", "1e-6")),
     "gddim bench coefficients --out benchmarks/coefficients --threads 1":
@@ -91,6 +92,7 @@ SMOKE = {
     "python benchmarks/trained_models.py --throughput":
         Smoke(("--steps", "11", "--batch", "4", "--repeats", "1", "--out", "benchmarks/trained_digits"), slow=True),
     "OMP_NUM_THREADS=1 python benchmarks/numerics.py --out benchmarks/numerics": Smoke(("--quick",)),
+    "OMP_NUM_THREADS=1 python benchmarks/loop_overhead.py --out benchmarks/loop_overhead.json": Smoke(("--quick",)),
     **{loop: Smoke(TRAINED_SMOKE + FASHION_OUT, needs="fashion-mnist", slow=True) for loop in (
         "for p in vp cld bdm; do python benchmarks/trained_models.py --dataset fashion-mnist --image-size 16 "
         "--preset small --batch 128 --lr 5e-4 --ema 0.9995 --steps 8000 --device cuda --processes $p --stages train "

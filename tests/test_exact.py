@@ -14,6 +14,7 @@ import scipy.special
 import torch
 
 from gddim import dirac_eps, exact_eps, gaussian_eps
+from gddim.errors import SettingsError
 
 import reference as ref
 
@@ -158,15 +159,15 @@ def test_gaussian_eps_is_the_limit_of_many_gaussian_samples():
 def test_exact_eps_bad_input():
     process = ref.build("cld")
     data = dataset("cld")
-    with pytest.raises(ValueError, match=r"non-empty \(N, C, H, W\) tensor"):
+    with pytest.raises(SettingsError, match=r"non-empty \(N, C, H, W\) tensor"):
         exact_eps(process, data[0])
-    with pytest.raises(ValueError, match=r"non-empty \(N, C, H, W\) tensor"):
+    with pytest.raises(SettingsError, match=r"non-empty \(N, C, H, W\) tensor"):
         exact_eps(process, data[:0])
     eps_fn = exact_eps(process, data)
     u = states_near(process, data, 0.3, batch=2, seed=7)
-    with pytest.raises(ValueError, match="one time per call"):
+    with pytest.raises(SettingsError, match="one time per call"):
         eps_fn(u, torch.tensor([0.3, 0.4], dtype=torch.float64))
-    with pytest.raises(ValueError, match="does not match the data's state shape"):
+    with pytest.raises(SettingsError, match="does not match the data's state shape"):
         eps_fn(u[..., :1], torch.full((2,), 0.3, dtype=torch.float64))
     with pytest.raises(ValueError, match="channels"):
         eps_fn(u[:, :3], torch.full((2,), 0.3, dtype=torch.float64))

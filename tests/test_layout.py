@@ -103,3 +103,37 @@ def test_loading_or_sampling_a_model_does_not_import_training(module):
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = proc.stdout.strip()
     assert module in loaded and "'gddim.training'" not in loaded
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def oversized(root: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES lines (decorators not counted)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(root.parent).as_posix()
+        if (lines := len(source.splitlines())) > MAX_MODULE_LINES:
+            found.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_module_or_function_is_too_long():
+    found = oversized(PACKAGE)
+    assert not found, "too long, split by job: " + "; ".join(found)
+
+
+def test_the_size_check_names_long_modules_and_functions(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))  # with its def line, one too many
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "long.py").write_text(f"def long():\n{body}\n\n\ndef short():\n    return 1\n")
+    (tmp_path / "pkg" / "big.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "pkg" / "fits.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    assert oversized(tmp_path / "pkg") == ["pkg/big.py: 451 lines", "pkg/long.py:1 long: 61 lines"]

@@ -4,6 +4,7 @@ import scipy.linalg
 import torch
 
 from gddim.data import load_images, load_labels
+from gddim.errors import SettingsError
 from gddim.metrics import (
     FeatureNet,
     available_feature_nets,
@@ -97,9 +98,9 @@ def test_unknown_dataset_or_size_lists_what_exists():
 
 
 def test_shape_mismatch_and_too_few_samples(net, digits):
-    with pytest.raises(ValueError, match=r"takes images of shape \(N, 1, 8, 8\), got \(4, 3, 8, 8\)"):
+    with pytest.raises(SettingsError, match=r"takes images of shape \(N, 1, 8, 8\), got \(4, 3, 8, 8\)"):
         frechet_distance(digits[:4], digits[:4].expand(-1, 3, -1, -1), net)
-    with pytest.raises(ValueError, match="at least 2 fake images"):
+    with pytest.raises(SettingsError, match="at least 2 fake images"):
         frechet_distance(digits, digits[:1], net)
 
 

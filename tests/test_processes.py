@@ -447,7 +447,7 @@ def test_config_rebuilds_the_same_process(process):
 
 
 def test_unknown_process_in_config_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown process 'ddpm' in config; known: \['bdm', 'cld', 'vp', 'vp-discrete'\]"):
+    with pytest.raises(ValueError, match=r"unknown process 'ddpm' in config; known: \['bdm', 'cld', 'flow', 'vp', 'vp-discrete'\]"):
         gddim.process_from_config({"process": "ddpm"})
 
 

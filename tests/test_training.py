@@ -173,15 +173,6 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
     assert "Inception weights" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["bench", "exact", "--dataset", "{missing}", "--out", "{tmp}/b"],
-                                     ["train", "--process", "vp", "--data", "{missing}", "--out", "{tmp}/t"]])
-def test_cli_bad_data_is_one_line_on_stderr(command, tmp_path, capsys):
-    args = [a.format(missing=tmp_path / "no_such_data", tmp=tmp_path) for a in command]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"gddim {args[0]}: error: data source") and "does not exist" in err and "Traceback" not in err
-
-
 def test_cli_quickstart_reduced(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--steps", "4", "--n", "20"]) == 0

@@ -7,6 +7,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserFileError
+
 
 def temp_name(path: Path) -> Path:
     """Where path is written before its rename into place; is_temp recognizes the leftovers of a crash."""
@@ -50,3 +52,13 @@ def fsync_file(path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def make_folder(path: Path) -> Path:
+    """path as a folder, made with its parents if missing; a place that cannot hold one is the user's to change."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserFileError(f"cannot make the folder {path} ({err.strerror or err}: {err.filename or path}); "
+                            "choose another output place") from None
+    return path

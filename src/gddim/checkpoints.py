@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_folder, atomic_write_text, is_temp
 from .data import BUILT_IN_DATA
-from .errors import CheckpointError, SettingsError
+from .errors import CheckpointError, MissingFileError, OutputExistsError, SettingsError
 from .networks import EpsModel
 from .processes import LinearProcess, process_from_config
 
@@ -144,9 +144,9 @@ def find_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"{target} is a link out of the run folder {path}; gddim does not follow it")
         return target
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
-    raise FileNotFoundError(f"no checkpoint at {path}: expected a run folder (with checkpoints/{LATEST}) "
-                            f"or a checkpoint folder (with {CONFIG} and {WEIGHTS})")
+        raise MissingFileError(f"no checkpoint at {path}: the path does not exist")
+    raise MissingFileError(f"no checkpoint at {path}: expected a run folder (with checkpoints/{LATEST}) "
+                           f"or a checkpoint folder (with {CONFIG} and {WEIGHTS})")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -154,8 +154,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     folder = find_checkpoint(path)
     try:
         meta = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {folder}: {CONFIG} is corrupt ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"checkpoint {folder}: {CONFIG} is corrupt or unreadable ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CONFIG} is not a gddim checkpoint (no \"format\": \"{FORMAT}\")")
     if meta.get("version") != VERSION:
@@ -180,7 +180,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def load_weights(model: torch.nn.Module, checkpoint: Checkpoint, which: str = "ema") -> None:
     """Copy the checkpoint's EMA or raw weights into model, naming every key or shape that does not match."""
     if which not in ("ema", "model"):
-        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+        raise SettingsError(f"which must be 'ema' or 'model', got {which!r}")
     _load_prefixed(model, checkpoint.tensors, "ema.module." if which == "ema" else "model.",
                    f"checkpoint {checkpoint.path}")
 
@@ -226,19 +226,19 @@ def resume_point(out_dir: Path, meta: dict, resume: bool | None) -> Checkpoint |
     """
     if not (out_dir / "checkpoints" / LATEST).is_file():
         if not _unfinished_start(out_dir):
-            raise FileExistsError(f"output folder {out_dir} exists and holds no resumable gddim run; "
-                                  "choose a new folder or remove this one")
+            raise OutputExistsError(f"output folder {out_dir} exists and holds no resumable gddim run; "
+                                    "choose a new folder or remove this one")
         if resume:
-            raise FileNotFoundError(f"nothing to resume: {out_dir} holds no training run")
+            raise MissingFileError(f"nothing to resume: {out_dir} holds no training run")
         return None
     checkpoint = load_checkpoint(out_dir)
     if resume is False:
-        raise FileExistsError(f"output folder {out_dir} already holds a run (step {checkpoint.step}); "
-                              "resume it or choose a new folder")
+        raise OutputExistsError(f"output folder {out_dir} already holds a run (step {checkpoint.step}); "
+                                "resume it or choose a new folder")
     changed = _differences(checkpoint.meta, _normalized(meta))
     if changed:
-        raise FileExistsError(f"output folder {out_dir} holds a run with another configuration, so it cannot be "
-                              "resumed: " + "; ".join(changed) + ". Choose a new folder")
+        raise OutputExistsError(f"output folder {out_dir} holds a run with another configuration, so it cannot be "
+                                "resumed: " + "; ".join(changed) + ". Choose a new folder")
     return checkpoint
 
 
@@ -247,6 +247,8 @@ def _unfinished_start(out_dir: Path) -> bool:
     killed early or stopped by bad input), so that the same command can start it again."""
     if not out_dir.exists():
         return True
+    if not out_dir.is_dir():
+        return False
     own = {"loss.csv": None, "checkpoints": "step_*", "samples": "step_*.png"}  # name -> pattern of its entries
     for entry in out_dir.iterdir():
         if is_temp(entry.name):

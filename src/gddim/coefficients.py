@@ -239,8 +239,8 @@ def hat_psi(process: LinearProcess, t: np.ndarray, s: np.ndarray, lam: float) ->
     if lam == 1:
         return blocks.solve_right(process.sigma(s) @ blocks.transpose(process.psi(t, s)), process.sigma(t))
     if process.k == 1:  # scalars commute: log Ψ̂^λ = ∫F + (1+λ²)∫½G²/Σ, and Ψ̂⁰ = R_s/R_t gives the second integral
-        psi = process.psi(s, t)
-        return psi * (process.R(s) / process.R(t) / psi) ** (1 + lam**2)
+        # Ψ (R_s/(R_t Ψ))^(1+λ²) written so that Ψ(s,t) = inf (flow matching from t = 1) gives its limit 0
+        return (process.R(s) / process.R(t)) ** (1 + lam**2) * process.psi(s, t) ** (-lam**2)
     return _hat_psi_ode(process, t, s, lam)
 
 

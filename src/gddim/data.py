@@ -183,7 +183,10 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file (the MNIST format): 0, 0, type code, rank, then big-endian int32 sizes, then uint8 data."""
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:  # a corrupt .gz raises BadGzipFile, an OSError
+        raise DataError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an idx file of unsigned bytes")
     ndim = raw[3]
@@ -257,6 +260,8 @@ def _cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise DataError(f"{refused}: {err}") from None
+    except OSError as err:
+        raise DataError(f"{file} cannot be read ({err.strerror or err})") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
         raise DataError(f"{refused}: the file is corrupt or truncated ({type(err).__name__}: {err})") from None
     data = batch.get(b"data") if isinstance(batch, dict) else None

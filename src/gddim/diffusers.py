@@ -2,7 +2,8 @@
 
 - `GDDIMScheduler`: a diffusers scheduler (SchedulerMixin, ConfigMixin) for models trained with diffusers'
   discrete DDPM schedules; every multistep variant of `gddim.sample` (solver_order 1..4, ε or data form,
-  corrector, interpolation, lower order at the end) and stochastic λ in [0, 1].
+  corrector, interpolation, lower order at the end) and stochastic λ in [0, 1], `gddim.sample`'s default when
+  no option is passed. Its levels come from gddim.noise_levels, its options are checked in gddim.scheduler_options.
 - `load_unet_eps`: a local `UNet2DModel` folder as a gddim ε-model eps_fn(u, t).
 
 Time convention (both directions). A discrete schedule of N training steps has ᾱ_n = Π_{i<=n} (1 - β_i) at
@@ -16,8 +17,7 @@ coefficients (solver_order > 1) integrate over the interpolant. The network's ε
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import diffusers
@@ -29,48 +29,17 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .coefficients import Recursion
-from .errors import CheckpointError
-from .multistep import INTERPOLATIONS
+from .errors import CheckpointError, SettingsError
+from .noise_levels import check_sigma_schedule, levels, schedule_process, time_of_alpha_bar, train_alphas_cumprod
 from .processes import VP, DiscreteVP
-from .sampling import MAX_ORDER, Multistep, Stepper, integrator
-
-# GDDIMScheduler()'s sampler when no option is passed (the paper's DDIM-like setting, until measured otherwise)
-DEFAULTS = dict(solver_order=1, predict_x0=False, use_corrector=False, lower_order_final=False,
-                interpolation="t", lam=0.0)
-ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "deis")  # DPM-Solver's and DEIS's names for the data and ε forms
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-SPACINGS = ("leading", "trailing", "linspace")
-
-
-def train_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                         beta_schedule: str = "linear", trained_betas=None) -> np.ndarray:
-    """ᾱ_n of a diffusers training schedule, as the model saw them (diffusers' float32 values) in float64."""
-    if trained_betas is None and beta_schedule not in BETA_SCHEDULES:
-        raise ValueError(f"unknown beta_schedule {beta_schedule!r}; choose one of {BETA_SCHEDULES} or pass trained_betas")
-    ddpm = diffusers.DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
-                                   beta_end=beta_end, beta_schedule=beta_schedule, trained_betas=trained_betas)
-    return ddpm.alphas_cumprod.double().numpy()
-
-
-def time_of_alpha_bar(process: VP, alpha_bar, t_max: float = 1.0) -> np.ndarray:
-    """The time in [0, t_max] at which a VP process has the given ᾱ, by vectorized bisection (ᾱ decreases in t)."""
-    target = np.log(np.asarray(alpha_bar, dtype=np.float64))
-    lowest = float(process.log_alpha_bar(t_max)[0])
-    if np.any(target > 0) or np.any(target < lowest):
-        raise ValueError(f"ᾱ outside the process's range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]")
-    lo, hi = np.zeros_like(target), np.full_like(target, t_max)
-    for _ in range(64):  # 64 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_alpha_bar(mid.ravel()).reshape(mid.shape) > target
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+from .sampling import Stepper, integrator
+from .scheduler_options import (DEFAULTS, PREDICTION_TYPES, check_model_options, corrector_list, data_form, init_keys,
+                                lands_on_one, peer_method, sampler_options, warn_unsupported)
 
 
 @dataclass
 class GDDIMSchedulerOutput(BaseOutput):
-    """prev_sample: the state at the next (less noisy) timestep; pred_original_sample: x̂_0 from this step's ε."""
+    """prev_sample: the state at the next (less noisy) timestep; pred_original_sample: this step's x̂_0."""
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
@@ -79,21 +48,32 @@ class GDDIMSchedulerOutput(BaseOutput):
 class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     """gDDIM for VP models trained with a diffusers DDPM schedule (MATH §2-§4.1, FAST §1-§4, §6).
 
-    Options named as in diffusers' multistep schedulers mean what they mean there:
-    solver_order: model outputs combined per step, 1..4 (1 is DDIM; order q = solver_order - 1 of the
-        exponential Adams-Bashforth); the first steps warm up with fewer.
+    With no option it is gddim.sample's default: 2nd-order multistep gDDIM in the data form with the corrector and
+    lower order at the end of short runs (solver_order=3, predict_x0=True, use_corrector=True,
+    lower_order_final=True); solver_order=1 is DDIM. Options named as in diffusers' schedulers mean what they mean
+    there:
+    solver_order: model outputs combined per step, 1..4 (order q = solver_order - 1 of the exponential
+        Adams-Bashforth); the first steps warm up with fewer.
     predict_x0: interpolate the data prediction x̂_0 (DPM-Solver++'s and UniPC's form) instead of ε. A
         DPM-Solver config's algorithm_type says the same ("dpmsolver++": data, "dpmsolver"/"deis": ε);
         when both are passed, predict_x0 decides and a warning names the ignored algorithm_type.
-    use_corrector: redo each step with the model output at its end (UniPC's corrector, no extra model call);
-        disable_corrector: step indices whose result is not corrected (UniPC's list).
+    use_corrector: redo each step with the model output at its end (UniPC's corrector, no extra model call); unset,
+        on unless solver_order=1 (DDIM); disable_corrector: step indices whose result is not corrected (UniPC's list).
     lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second.
     final_sigmas_type: "zero" lands on ᾱ = 1, "sigma_min" on ᾱ_0; DDIM's set_alpha_to_one says the same
         and is read when final_sigmas_type is unset (final_sigmas_type decides when both are passed).
+    timestep_spacing (DDIMScheduler's spacings; DPM-Solver's "linspace" and "leading" differ from them by a step),
+        steps_offset; use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (σ schedules: the
+        model hears the nearest timestep, the step uses the exact ᾱ); set_timesteps(timesteps=..., sigmas=...).
+    clip_sample / clip_sample_range, thresholding / dynamic_thresholding_ratio / sample_max_value: limits on x̂_0,
+        applied as DPM-Solver++ does (DDIM with use_clipped_model_output=True: ε recomputed from the limited x̂_0).
+    rescale_betas_zero_snr: ᾱ = 0 at the last training timestep; needs the data form and a v- or sample-predicting
+        model (the first step then never divides by ᾱ).
+    variance_type: "learned" or "learned_range" models' extra output channels are split off, as DDPM does.
     gddim's own: lam λ in [0, 1], the stochastic step of MATH §3.3 (λ = 1 is DDPM's posterior step; with
     solver_order > 1 it needs predict_x0); interpolation "t", "sqrt_t" or "logsnr" (FAST §3).
-    timestep_spacing as in diffusers ("trailing" starts at the last training timestep). There is no clipping
-    or thresholding of x̂_0: every step is the linear recursion of `gddim.sample`, applied by the same Stepper.
+    A config of a diffusers multistep scheduler keeps that method's order and form; another scheduler's config key
+    that gDDIM does not take gives a warning naming it (gddim.scheduler_options).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -104,30 +84,57 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
                  beta_schedule: str = "linear", trained_betas: np.ndarray | list[float] | None = None,
                  prediction_type: str = "epsilon", solver_order: int = DEFAULTS["solver_order"],
                  predict_x0: bool | None = None, algorithm_type: str | None = None,
-                 use_corrector: bool = DEFAULTS["use_corrector"], disable_corrector: list[int] | None = None,
+                 use_corrector: bool | None = None, disable_corrector: list[int] | None = None,
                  lower_order_final: bool = DEFAULTS["lower_order_final"],
                  interpolation: str = DEFAULTS["interpolation"], lam: float = DEFAULTS["lam"],
                  timestep_spacing: str = "trailing", steps_offset: int = 0,
-                 final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None):
-        data, to_one = _data_form(predict_x0, algorithm_type), _lands_on_one(final_sigmas_type, set_alpha_to_one)
-        _check_options(prediction_type, timestep_spacing)
-        self._options = _sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,
+                 final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None,
+                 use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
+                 clip_sample: bool = False, clip_sample_range: float = 1.0, thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+                 rescale_betas_zero_snr: bool = False, variance_type: str | None = None):
+        data, to_one = data_form(predict_x0, algorithm_type), lands_on_one(final_sigmas_type, set_alpha_to_one)
+        check_model_options(prediction_type, timestep_spacing, variance_type, data, rescale_betas_zero_snr,
+                            clip_sample=clip_sample, thresholding=thresholding, use_karras_sigmas=use_karras_sigmas,
+                            use_exponential_sigmas=use_exponential_sigmas, use_beta_sigmas=use_beta_sigmas)
+        check_sigma_schedule(self.config)
+        use_corrector = DEFAULTS["use_corrector"] and solver_order != 1 if use_corrector is None else use_corrector
+        self._options = sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,
                                         to_one)
-        self._disabled = _corrector_list(disable_corrector)
+        self._disabled = corrector_list(disable_corrector)
         # the resolved values, so that the config means the same to every scheduler that reads it
         self.register_to_config(predict_x0=data, algorithm_type="dpmsolver++" if data else "dpmsolver",
                                 final_sigmas_type="zero" if to_one else "sigma_min", set_alpha_to_one=to_one,
-                                disable_corrector=self._disabled)
+                                use_corrector=use_corrector, disable_corrector=self._disabled)
         self._mark_chosen(("predict_x0", "algorithm_type"), ("final_sigmas_type", "set_alpha_to_one"))
-        self.process = DiscreteVP(train_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
-                                                       trained_betas))
-        self.alphas_cumprod = torch.from_numpy(self.process.alphas_cumprod)
-        self.final_alpha_cumprod = 1.0 if to_one else float(self.process.alphas_cumprod[0])
+        self._set_schedule(train_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule,
+                                                trained_betas, rescale_betas_zero_snr))
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._recursion = self._stepper = None
         self._step_index = self._begin_index = None
+
+    def _set_schedule(self, alphas_cumprod: np.ndarray) -> None:
+        """The training schedule's tables (float64) and the process whose coefficients the steps use."""
+        self.process = schedule_process(alphas_cumprod)
+        self.alphas_cumprod = torch.from_numpy(alphas_cumprod)
+        self.alphas = self.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.betas = 1 - self.alphas
+        # the training σ until set_timesteps, as in DPM-Solver
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt().float()
+        self.final_alpha_cumprod = 1.0 if self.config.set_alpha_to_one else float(alphas_cumprod[0])
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' reading of a config, plus the order and form of a multistep peer's config that left them at
+        its defaults, and a warning naming the keys gDDIM does not take (from_config drops them silently)."""
+        passed = dict(kwargs)
+        init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
+        warn_unsupported(dict(config_dict), init_keys(cls), passed)
+        for key, value in peer_method(dict(config_dict), init_dict).items():
+            init_dict.setdefault(key, value)
+        return init_dict, unused, hidden
 
     def _mark_chosen(self, *synonyms: tuple[str, ...]) -> None:
         """A choice made under either name of a pair is a choice of both: X.from_config then reads both.
@@ -157,15 +164,17 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list[int] | None = None) -> None:
-        """Choose the timesteps (by spacing, or an explicit decreasing list) and build their coefficients."""
-        steps = _timesteps(self.config, num_inference_steps, timesteps)
-        self.num_inference_steps = len(steps)
-        self.timesteps = torch.from_numpy(steps).to(device)
-        t_final = 0.0 if self.config.set_alpha_to_one else self.process.time_of_timestep(0)
-        self._times = np.append(self.process.time_of_timestep(steps), t_final)
-        ab = self.process.alphas_cumprod[steps]
-        self._sqrt_ab, self._sqrt_1mab = np.sqrt(ab).tolist(), np.sqrt(1 - ab).tolist()
+                      timesteps: list[int] | str | Path | None = None, sigmas: list[float] | None = None) -> None:
+        """Choose the levels and build their coefficients; pass exactly one of num_inference_steps (spaced by
+        timestep_spacing or the σ schedule), timesteps (decreasing integers, or the path of a grid file tuned for
+        this schedule by gddim tune-grid: its times are the model calls and its last time the landing) or sigmas
+        (decreasing σ = √((1-ᾱ)/ᾱ) within the schedule's range)."""
+        lv = levels(self.config, self.process, self.alphas_cumprod.numpy(), num_inference_steps, timesteps, sigmas)
+        self.num_inference_steps = len(lv.timesteps)
+        self.timesteps = torch.from_numpy(lv.timesteps).to(device)
+        self.sigmas = torch.from_numpy(lv.sigmas).float()
+        self._times, self.final_alpha_cumprod = lv.times, float(lv.alpha_bars[-1])
+        self._sqrt_ab, self._sqrt_1mab = np.sqrt(lv.alpha_bars[:-1]).tolist(), np.sqrt(1 - lv.alpha_bars[:-1]).tolist()
         self._recursion = self._build(0)
         self._stepper = None
         self._step_index = self._begin_index = None
@@ -173,45 +182,84 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     def _build(self, begin: int) -> Recursion:
         """The recursion of steps begin.. (a loop that starts mid-schedule warms up from there)."""
         order, lam, options = self._options
-        rec = integrator(self.process, self._times[begin:], "gddim", order, lam, "R", options)
-        return rec.corrector_off([i - begin for i in self._disabled if begin <= i < self.num_inference_steps])
+        times = self._times[begin:]
+        rec = integrator(self.process, times, "gddim", order, lam, "R", options)
+        rec = rec.corrector_off([i - begin for i in self._disabled if begin <= i < self.num_inference_steps])
+        return _data_history(rec, self.process.mean_coef(times)) if options.prediction == "data" else rec
 
-    def _init_step_index(self, timestep) -> None:
-        if self._begin_index is not None:
-            self._step_index = self._begin_index
-            return
+    def _index_of(self, timestep) -> int:
+        """The index of this step, checked against the order of scheduler.timesteps."""
+        if self._recursion is None:
+            raise SettingsError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self._first_index(timestep)
+        i = self._step_index
+        if i >= self.num_inference_steps:
+            raise SettingsError(f"all {self.num_inference_steps} steps are done; call set_timesteps again for a new loop")
+        if int(timestep) != int(self.timesteps[i]):
+            raise SettingsError(f"step() got timestep {int(timestep)} but step {i} of the schedule is at "
+                                f"{int(self.timesteps[i])}; call the steps in order of scheduler.timesteps")
+        return i
+
+    def _first_index(self, timestep) -> int:
         matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
         if len(matches) == 0:
-            raise ValueError(f"timestep {int(timestep)} is not in this scheduler's timesteps {self.timesteps.tolist()}")
-        self._step_index = int(matches[0, 0])
+            raise SettingsError(f"timestep {int(timestep)} is not in this scheduler's timesteps "
+                                f"{self.timesteps.tolist()}")
+        return int(matches[0, 0])
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> GDDIMSchedulerOutput | tuple:
-        """One gDDIM step from `timestep` to the next timestep (or to the final ᾱ after the last one)."""
-        if self._recursion is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        if i >= self.num_inference_steps:
-            raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again for a new loop")
-        if int(timestep) != int(self.timesteps[i]):
-            raise ValueError(f"step() got timestep {int(timestep)} but step {i} of the schedule is at "
-                             f"{int(self.timesteps[i])}; call the steps in order of scheduler.timesteps")
+        """One gDDIM step from `timestep` to the next level (or to the landing after the last one).
+
+        It computes in float32 or wider and returns the model output's dtype."""
+        i = self._index_of(timestep)
         work = torch.promote_types(sample.dtype, torch.float32)  # never step in half precision
         x = sample.to(work)
-        eps = epsilon_of(self.config.prediction_type, model_output.to(work), x, self._sqrt_ab[i], self._sqrt_1mab[i])
+        x0, eps = self._predictions(self._own_channels(model_output, sample).to(work), x, i)
         layout = lambda v: v.reshape(1, 1, -1, 1, 1)  # the stepper's (B, k, C, H, W) for one scalar mode
         if self._stepper is None:
             rec = self._recursion if i == 0 else self._build(i)
             self._stepper = Stepper(self.process, rec, x, _diffusers_normal)
-        prev = self._stepper.step(layout(x), layout(eps), generator).reshape(sample.shape)
-        x0 = torch.add(x, eps, alpha=-self._sqrt_1mab[i]).div_(self._sqrt_ab[i])
+        history = x0 if self._options[2].prediction == "data" else eps
+        prev = self._stepper.step(layout(x), layout(history), generator).reshape(sample.shape)
         self._step_index = i + 1
         prev, x0 = prev.to(model_output.dtype), x0.to(model_output.dtype)
         if not return_dict:
             return prev, x0
         return GDDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _own_channels(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """A learned-variance model's output without its variance channels (DDPM's split)."""
+        if self.config.variance_type in ("learned", "learned_range") and model_output.shape[1] == 2 * sample.shape[1]:
+            return model_output[:, : sample.shape[1]]
+        return model_output
+
+    def _predictions(self, output: torch.Tensor, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε) of step i, x̂_0 clipped or thresholded and ε recomputed from it; never divides by
+        ᾱ unless the model predicts ε (a zero-SNR schedule refuses that)."""
+        a, s = self._sqrt_ab[i], self._sqrt_1mab[i]
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            eps, x0 = output, torch.add(x, output, alpha=-s).div_(a)
+        elif kind == "v_prediction":  # v = a ε - s x_0 and x_t = a x_0 + s ε
+            eps, x0 = a * output + s * x, a * x - s * output
+        else:
+            eps, x0 = (x - a * output) / s, output
+        limited = self._limit(x0)
+        return (x0, eps) if limited is x0 else (limited, (x - a * limited) / s)
+
+    def _limit(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding (Imagen: per sample, the ratio-quantile of |x̂_0| clamped to [1, sample_max_value]
+        bounds and rescales it), else clipping to ±clip_sample_range, else x0 itself."""
+        if self.config.thresholding:
+            flat = x0.reshape(len(x0), -1).abs()
+            bound = torch.quantile(flat, self.config.dynamic_thresholding_ratio, dim=1)
+            bound = bound.clamp(1, self.config.sample_max_value).reshape(-1, *[1] * (x0.ndim - 1))
+            return torch.maximum(torch.minimum(x0, bound), -bound) / bound
+        if self.config.clip_sample:
+            return x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return x0
 
     def _per_sample(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # index the float64 table on the host: some devices (MPS) hold no float64
@@ -230,6 +278,17 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         return a * noise - s * sample
 
 
+def _data_history(rec: Recursion, mean_coefs: np.ndarray) -> Recursion:
+    """The data form's recursion with x̂_0 itself as history item (the model gives it without dividing by ᾱ):
+    gddim.sample keeps M_i x̂_i and folds M⁻¹ into C; here M is folded back, in float64."""
+    n, width = rec.C.shape[:2]
+    back = np.arange(n)[:, None] - np.arange(width)[None, :]  # C[i, j] multiplies the item of step i - j
+    C = rec.C @ mean_coefs[back]
+    redo = None if rec.corrector is None else \
+        rec.corrector @ mean_coefs[np.arange(n)[:, None] + 1 - np.arange(rec.corrector.shape[1])[None, :]]
+    return replace(rec, C=C, corrector=redo, P=None, Q=None)
+
+
 def _diffusers_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     # diffusers' draw: a CPU generator also serves a GPU sample, as in DDPMScheduler
     return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
@@ -242,99 +301,6 @@ def epsilon_of(prediction_type: str, output: torch.Tensor, sample: torch.Tensor,
     if prediction_type == "v_prediction":  # v = a ε - s x_0 and x_t = a x_0 + s ε give ε = a v + s x_t
         return a * output + s * sample
     return (sample - a * output) / s
-
-
-def _data_form(predict_x0: bool | None, algorithm_type: str | None) -> bool:
-    """predict_x0, else DPM-Solver's algorithm_type, else the default."""
-    if algorithm_type is not None and algorithm_type not in ALGORITHM_TYPES:
-        raise ValueError(f"algorithm_type {algorithm_type!r} has no gDDIM counterpart; choose one of {ALGORITHM_TYPES} "
-                         "('dpmsolver++' is the data form, the others the ε form), or pass predict_x0 "
-                         "(stochastic sampling is lam)")
-    if predict_x0 is not None and not isinstance(predict_x0, (bool, np.bool_)):
-        raise ValueError(f"predict_x0 must be True or False, got {predict_x0!r}")
-    from_algorithm = None if algorithm_type is None else algorithm_type == "dpmsolver++"
-    if predict_x0 is None:
-        return DEFAULTS["predict_x0"] if from_algorithm is None else from_algorithm
-    if from_algorithm is not None and from_algorithm != predict_x0:
-        warnings.warn(f"predict_x0={predict_x0} decides the form; algorithm_type={algorithm_type!r} is ignored",
-                      stacklevel=3)
-    return bool(predict_x0)
-
-
-def _lands_on_one(final_sigmas_type: str | None, set_alpha_to_one: bool | None) -> bool:
-    """final_sigmas_type, else DDIM's set_alpha_to_one, else ᾱ = 1."""
-    if final_sigmas_type is not None and final_sigmas_type not in FINAL_SIGMAS_TYPES:
-        raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}; choose one of {FINAL_SIGMAS_TYPES}")
-    if set_alpha_to_one is not None and not isinstance(set_alpha_to_one, (bool, np.bool_)):
-        raise ValueError(f"set_alpha_to_one must be True or False, got {set_alpha_to_one!r}")
-    if final_sigmas_type is None:
-        return True if set_alpha_to_one is None else bool(set_alpha_to_one)
-    to_one = final_sigmas_type == "zero"
-    if set_alpha_to_one is not None and set_alpha_to_one != to_one:
-        warnings.warn(f"final_sigmas_type={final_sigmas_type!r} decides the final ᾱ; set_alpha_to_one="
-                      f"{set_alpha_to_one} is ignored", stacklevel=3)
-    return to_one
-
-
-def _sampler_options(solver_order: int, data: bool, use_corrector: bool, lower_order_final: bool,
-                     interpolation: str, lam: float, to_one: bool) -> tuple[int, float, Multistep]:
-    """(q, λ, Multistep options) checked, with the errors in the scheduler's option names."""
-    if not (isinstance(solver_order, (int, np.integer)) and 1 <= solver_order <= MAX_ORDER + 1):
-        raise ValueError(f"solver_order must be an integer in 1..{MAX_ORDER + 1} (model outputs combined per step; "
-                         f"1 is DDIM), got {solver_order!r}")
-    for name, value in (("use_corrector", use_corrector), ("lower_order_final", lower_order_final)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam (λ) must lie in [0, 1], got {lam}")
-    if lam > 0 and not data and (solver_order > 1 or use_corrector):
-        raise ValueError("stochastic gDDIM (lam > 0) with solver_order > 1 or use_corrector extrapolates the data "
-                         "prediction: pass predict_x0=True, or solver_order=1 and use_corrector=False")
-    if to_one and interpolation == "logsnr" and (solver_order > 1 or use_corrector):
-        raise ValueError("interpolation='logsnr' cannot reach ᾱ = 1 (its log-SNR is infinite) with solver_order > 1 "
-                         "or the corrector: pass final_sigmas_type='sigma_min', or another interpolation")
-    options = Multistep(prediction="data" if data else "eps", corrector=bool(use_corrector),
-                        interpolation=interpolation, lower_order_final=bool(lower_order_final))
-    return int(solver_order) - 1, float(lam), options
-
-
-def _corrector_list(disable_corrector) -> list[int]:
-    steps = [] if disable_corrector is None else disable_corrector
-    if not isinstance(steps, (list, tuple)) or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in steps):
-        raise ValueError(f"disable_corrector must be a list of step indices (integers >= 0), got {disable_corrector!r}")
-    return sorted(int(i) for i in steps)
-
-
-def _check_options(prediction_type: str, timestep_spacing: str) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    if timestep_spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {SPACINGS}")
-
-
-def _timesteps(config, num_inference_steps: int | None, timesteps) -> np.ndarray:
-    """diffusers' spacings ("Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2)."""
-    n_train = config.num_train_timesteps
-    if (num_inference_steps is None) == (timesteps is None):
-        raise ValueError("pass exactly one of num_inference_steps or timesteps")
-    if timesteps is not None:
-        steps = np.asarray(timesteps, dtype=np.int64)
-    else:
-        n = int(num_inference_steps)
-        if not 1 <= n <= n_train:
-            raise ValueError(f"num_inference_steps must lie in 1..{n_train} (num_train_timesteps), got {n}")
-        if config.timestep_spacing == "linspace":
-            steps = np.linspace(0, n_train - 1, n).round()[::-1].astype(np.int64)
-        elif config.timestep_spacing == "leading":
-            steps = (np.arange(n) * (n_train // n))[::-1].astype(np.int64) + config.steps_offset
-        else:
-            steps = np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
-    if steps.ndim != 1 or len(steps) == 0 or np.any(np.diff(steps) >= 0) or steps[-1] < 0 or steps[0] >= n_train:
-        raise ValueError(f"timesteps must be strictly decreasing integers in 0..{n_train - 1}; got {steps.tolist()}"
-                         + (" (steps_offset pushes them past the schedule)" if config.steps_offset else ""))
-    return steps.copy()
 
 
 class UNetEps(torch.nn.Module):
@@ -407,8 +373,10 @@ def load_unet_eps(path: str | Path, process: VP | None = None, schedule: dict | 
                                     "schedule=<the training scheduler's config dict> to say which ᾱ the model learned")
     try:  # a folder made elsewhere: whatever fails to load is named with the folder
         schedule = json.loads(found.read_text()) if schedule is None else schedule
-        known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-        model_schedule = DiscreteVP(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
+        known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "rescale_betas_zero_snr")
+        # the scheduler's own process, so that a grid tuned here fits GDDIMScheduler.set_timesteps
+        model_schedule = schedule_process(train_alphas_cumprod(**{k: schedule[k] for k in known if k in schedule}))
         # safetensors only: diffusion_pytorch_model.bin is a pickle, never loaded
         unet = diffusers.UNet2DModel.from_pretrained(unet_config.parent, use_safetensors=True)
     except (ValueError, TypeError, KeyError, OSError) as err:

@@ -2,7 +2,7 @@
 
 This module imports nothing heavy, so that the command line can catch these errors without loading torch.
 Every class derives from GddimError, which `gddim` prints as one line; each also keeps the built-in base
-it always had (ValueError, RuntimeError), so `except ValueError` around a library call still works.
+it always had (ValueError, RuntimeError, OSError), so `except ValueError` around a library call still works.
 """
 
 from __future__ import annotations
@@ -38,3 +38,15 @@ class DependencyError(GddimError, ModuleNotFoundError):
 
 class NetworkConfigError(GddimError, ValueError):
     """A network size that UNet2DModel cannot build for the given images."""
+
+
+class UserFileError(GddimError, OSError):
+    """A file or folder the user named that cannot be read, or cannot be written as asked."""
+
+
+class MissingFileError(UserFileError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class OutputExistsError(UserFileError, FileExistsError):
+    """An output the command would write is already there; the message says how to keep or replace it."""

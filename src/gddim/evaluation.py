@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, make_folder
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
-from .errors import SettingsError
+from .errors import MissingFileError, SettingsError
 from .generation import sample_images, save_grid
 from .metrics import frechet_distance, inception_fid, load_feature_net, real_split
 from .sampling import SamplerError, check_sampler
@@ -32,7 +32,8 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic") -> dict:
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic",
+             model_options: dict | None = None) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
     Default metric: the data set's classifier features, n samples against n real training images.
@@ -43,6 +44,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
     save_metrics is False), and under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
     when given). A rerun of the same evaluation keeps the records metrics.json holds and computes the rest.
     grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
+    model_options: how gddim.sample runs the network (compile, autocast), kept in metrics.json.
     """
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
     process, model = checkpoint.process(), checkpoint.network("ema", device)
@@ -50,7 +52,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
     real = real_reference(checkpoint, data) if real is None else real
     if inception is not None:
         if not Path(inception).expanduser().is_file():  # fail before minutes of sampling, not after
-            raise FileNotFoundError(f"Inception weights {inception} do not exist")
+            raise MissingFileError(f"Inception weights {inception} do not exist")
         n = len(real) if n is None else n
         reference, floor = real, None
         score = lambda fake: inception_fid(reference, fake, inception, device=device or "cpu")
@@ -65,7 +67,8 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
             check_sampler(process, nfe, **sampler.options(), grid=grid)
     result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
               "data": checkpoint.meta.get("data"), "metric": "inception" if inception else "classifier", "n": n,
-              "seed": seed, "batch": batch, "grid": str(grid), "floor": floor, "records": []}
+              "seed": seed, "batch": batch, "grid": str(grid), "floor": floor,
+              **({"model_options": model_options} if model_options else {}), "records": []}
     metrics = Path(out_dir) / "metrics.json" if out_dir is not None and save_metrics else None
     finished = _finished_records(metrics, result) if metrics is not None else {}
     for sampler in samplers:
@@ -73,14 +76,15 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
             key = (sampler.label, int(nfe))
             record = finished.get(key)
             if record is None:
-                record, fake = _evaluate_record(process, model, sampler, int(nfe), n, seed, batch, grid, score, floor)
+                record, fake = _evaluate_record(process, model, sampler, int(nfe), n, seed, batch, grid, score, floor,
+                                                model_options or {})
                 if fake is not None and out_dir is not None and (grid_nfes is None or nfe in grid_nfes):
                     save_grid(fake[:64], Path(out_dir) / "grids" / f"{sampler.label.replace(':', '_')}_nfe{nfe}.png")
             result["records"].append(record)
             if progress:
                 _print_record(record, kept=key in finished)
             if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                metrics.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(metrics.parent)
                 atomic_write_text(metrics, json.dumps(result, indent=2))
     if metrics is not None:
         save_metrics_and_plot(result, metrics.parent)
@@ -88,12 +92,13 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
 
 
 def _evaluate_record(process, model, sampler: SamplerSpec, nfe: int, n: int, seed: int, batch: int, grid, score,
-                     floor) -> tuple[dict, torch.Tensor | None]:
+                     floor, model_options: dict) -> tuple[dict, torch.Tensor | None]:
     """One (sampler, NFE) record and its samples; every record starts from the same seed, whatever runs before it."""
     began = time.perf_counter()
     record = {"process": process.name, **sampler.options(), "label": sampler.label, "nfe": nfe}
     try:
-        fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid)
+        fake = sample_images(process, model, n, nfe, **sampler.options(), seed=seed, batch=batch, grid=grid,
+                             **model_options)
     except SamplerError as err:  # one diverging sampler (inf/NaN) does not end the sweep
         fake, record["error"] = None, str(err)
     record.update(fd=None if fake is None else score(fake), floor=floor, seconds=time.perf_counter() - began)
@@ -122,7 +127,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
@@ -160,7 +165,7 @@ def plot_quality(result: dict, path: str | Path, title: str | None = None, max_r
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, ncols=2)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fig.savefig(path, dpi=120)
     return path
 

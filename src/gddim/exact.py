@@ -1,4 +1,4 @@
-"""Exact ε-models: finite data sets (BENCHMARKS §1), a single point (Dirac) and Gaussian data.
+"""Exact ε-models: finite data sets (BENCHMARKS §1), a single point (Dirac), Gaussian data, and one of them per class.
 
 For data {x_i}, p_t(u) = (1/N) Σ_i N(u; m_i(t), Σ_t) with m_i(t) = mean_coef(t) u0_i. In whitened
 coordinates w = K_t⁻¹ u and μ_i = K_t⁻¹ m_i the posterior weights are softmax_i(w·μ_i - ½|μ_i|²) and
@@ -8,25 +8,53 @@ log-sum-exp so that memory stays bounded for large N.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 from . import blocks
+from .errors import SettingsError
 from .processes import LinearProcess
-from .sampling import EpsFn
+from .loop import EpsFn
 
 
 def _single_time(t: torch.Tensor) -> float:
     values = torch.unique(t.detach())
     if len(values) != 1:
-        raise ValueError("exact ε-models take one time per call (every sampler passes a constant t)")
+        raise SettingsError("exact ε-models take one time per call (every sampler passes a constant t)")
     return float(values[0])
 
 
 def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str = "R", chunk: int = 8192) -> EpsFn:
     """The exact ε of the empirical distribution of `data` (N, C, H, W) under `process`."""
+    posterior = _posterior(process, data, parameterization, chunk)
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w, a, mean_x = posterior(u, t)
+        return process.from_basis(w - a * mean_x).to(dtype=u.dtype, device=u.device)
+
+    return eps_fn
+
+
+def exact_data(process: LinearProcess, data: torch.Tensor, chunk: int = 8192) -> EpsFn:
+    """The exact data prediction x̂(u, t) = E[(x_0, 0) | u_t = u] of the empirical distribution of `data`, as a
+    state: a model for gddim.sample(..., output="data"). It stays finite where Ψ(t,0) = 0 (flow matching at t = 1:
+    the data mean), where the exact ε carries no information about the data."""
+    posterior = _posterior(process, data, "R", chunk)
+
+    def data_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _, _, mean_x = posterior(u, t)
+        state = torch.cat([mean_x] + [torch.zeros_like(mean_x)] * (process.k - 1), dim=1)
+        return process.from_basis(state).to(dtype=u.dtype, device=u.device)
+
+    return data_fn
+
+
+def _posterior(process: LinearProcess, data: torch.Tensor, parameterization: str, chunk: int):
+    """posterior(u, t) -> (w = K⁻¹u, a, E[x_0 | u]) in the basis layout; see the module doc."""
     if data.ndim != 4 or len(data) == 0:
-        raise ValueError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
+        raise SettingsError(f"data must be a non-empty (N, C, H, W) tensor; got shape {tuple(data.shape)}")
     y0 = process.to_basis(process.data_to_state(data.detach().cpu().to(torch.float64)))  # (N, k, C, H, W)
     if y0[:, 1:].any():
         raise ValueError(f"{process.name}.data_to_state must leave every component but the first at zero")
@@ -35,10 +63,10 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
     x_flat = x0.flatten(1)  # (N, D)
     x_sq = x_flat**2
 
-    def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def posterior(u: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         process.check_state(u)
         if u.shape[1:] != (process.k * x0.shape[2], *x0.shape[3:]):
-            raise ValueError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
+            raise SettingsError(f"state shape {tuple(u.shape[1:])} does not match the data's state shape")
         tt = _single_time(t)
         K = process.K(tt, parameterization)
         w = blocks.apply(process.blocks(np.linalg.inv(K), x0), process.to_basis(u.detach().cpu().to(torch.float64)))
@@ -58,10 +86,9 @@ def exact_eps(process: LinearProcess, data: torch.Tensor, parameterization: str 
             total = total * decay + p.sum(1)
             weighted = weighted * decay[:, None] + p @ xs
             run_max = new_max
-        mean_x = (weighted / total[:, None]).reshape(len(w), 1, *x0.shape[2:])
-        return process.from_basis(w - a * mean_x).to(dtype=u.dtype, device=u.device)
+        return w, a, (weighted / total[:, None]).reshape(len(w), 1, *x0.shape[2:])
 
-    return eps_fn
+    return posterior
 
 
 def dirac_eps(process: LinearProcess, point: torch.Tensor, parameterization: str = "R") -> EpsFn:
@@ -80,6 +107,20 @@ def gaussian_eps(process: LinearProcess, variance: float, parameterization: str 
         gain = gaussian_gain(process, tt, data_cov, parameterization)
         y = process.to_basis(u.to(torch.float64))
         return process.from_basis(blocks.apply(process.blocks(gain, y), y)).to(u.dtype)
+
+    return eps_fn
+
+
+def class_conditional_eps(per_class: Sequence[EpsFn], null: EpsFn | None = None) -> EpsFn:
+    """eps_fn(u, t, cond): sample b gets the ε of class cond[b] (per_class[cond[b]]), and the label len(per_class),
+    the null condition, gets `null` (e.g. the exact ε of all classes' data together). Chosen per sample on the
+    device: every class's ε is computed for the whole batch."""
+    models = list(per_class) + ([] if null is None else [null])
+
+    def eps_fn(u: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        outputs = torch.stack([model(u, t) for model in models])
+        labels = torch.as_tensor(cond, device=u.device)
+        return outputs[labels, torch.arange(len(u), device=u.device)]
 
     return eps_fn
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_file
+from .atomic import atomic_file, make_folder
 from .checkpoints import Checkpoint, load_checkpoint
 from .errors import SettingsError
 from .networks import EpsModel
@@ -62,7 +62,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     """A PNG grid of images (N, C, H, W) in [-1, 1]; small images are enlarged (nearest, whole multiples) to at
     least min_size pixels, so that a grid of 8x8 digits is readable (438 pixels for a row of 8)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
+        raise SettingsError(f"save_grid takes (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
     pixels = to_uint8(images)
     n, h, w, c = pixels.shape
     nrow = nrow or math.ceil(math.sqrt(n))
@@ -75,7 +75,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_file(path) as tmp:
         picture.save(tmp, format="PNG")
     return path
@@ -85,7 +85,7 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
     """`images`: uint8 (N, H, W[, C]) readable by gddim.data.load_images; `x`: the raw float32 samples."""
     pixels = to_uint8(images)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to the temp name
         np.savez_compressed(f, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
                             x=images.detach().cpu().float().numpy())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .errors import SettingsError
+from .atomic import atomic_write_text, make_folder
+from .errors import SettingsError, UserFileError
 from .processes import LinearProcess
 
 FORMAT, VERSION = "gddim-grid", 1
@@ -40,7 +40,7 @@ def grid_record(times: np.ndarray, nfe: int, process: LinearProcess, tuned_on: d
 def write_grid_file(path: str | Path, record: dict) -> Path:
     """Write a grid_record atomically (a temporary file renamed into place)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path
 
@@ -50,7 +50,9 @@ def read_grid_file(path: str | Path) -> dict:
     path = Path(path).expanduser()
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise UserFileError(f"grid file {path} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SettingsError(f"grid file {path} is not valid JSON ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise SettingsError(f"{path} is not a gddim grid file (no \"format\": \"{FORMAT}\"); make one with gddim tune-grid")

@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-from .errors import DependencyError, SettingsError
+from .errors import DependencyError, MissingFileError, SettingsError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -59,8 +59,8 @@ class FeatureNet(nn.Module):
         """(N, C, H, W) images in [-1, 1] -> (N, num_features)."""
         expected = (self.channels, self.image_size, self.image_size)
         if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"this feature network takes images of shape (N, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
+            raise SettingsError(f"this feature network takes images of shape (N, {', '.join(map(str, expected))}), "
+                                f"got {tuple(x.shape)}")
         return self.body(x).mean(dim=(-2, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: Featur
     """
     for name, x in (("real", real), ("fake", fake)):
         if x.shape[0] < 2:
-            raise ValueError(f"the Fréchet distance needs at least 2 {name} images, got {x.shape[0]}")
+            raise SettingsError(f"the Fréchet distance needs at least 2 {name} images, got {x.shape[0]}")
     metric = FrechetInceptionDistance(feature=_Features(feature_net.eval()))
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
@@ -152,8 +152,8 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
     """
     weights_path = Path(weights_path).expanduser()
     if not weights_path.is_file():
-        raise FileNotFoundError(f"Inception weights {weights_path} do not exist; pass a local copy of "
-                                f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
+        raise MissingFileError(f"Inception weights {weights_path} do not exist; pass a local copy of "
+                               f"torch-fidelity's {INCEPTION_WEIGHTS_FILE}")
     if not _TORCH_FIDELITY_AVAILABLE:
         raise DependencyError(
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "

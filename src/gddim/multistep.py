@@ -20,6 +20,7 @@ from .errors import SettingsError
 from .processes import LinearProcess
 
 PREDICTIONS = ("eps", "data")
+OUTPUTS = ("eps", "data", "velocity")  # what the model returns: ε_R, the data prediction x̂, or dx_t/dt (flow)
 INTERPOLATIONS = ("t", "sqrt_t", "logsnr")
 FINAL_STEPS = ("integrate", "data")
 LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' multistep schedulers use the same threshold
@@ -49,6 +50,19 @@ def interpolation_variable(process: LinearProcess, name: str):
 
         return rho, drho
     raise SettingsError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
+
+
+def check_start(process: LinearProcess, ts: np.ndarray, output: str, interpolation: str) -> None:
+    """Refuse grids no step can start on: Ψ(t,0) = 0 for an ε-model (flow matching at t = 1), and an infinite
+    log-SNR for the "logsnr" interpolation."""
+    if output == "eps" and not np.any(process.mean_coef(ts[:1])):
+        raise SettingsError(f"{process.name} has Ψ(t,0) = 0 at t = {ts[0]:g}: the state there is pure noise and an "
+                            "ε-model says nothing about the data, so no step can start from it. Pass a model that "
+                            "predicts the velocity or the data with output='velocity' or output='data', or start "
+                            "below it (t_start < 1)")
+    if interpolation == "logsnr" and not np.all(np.isfinite(process.log_snr(ts))):
+        raise SettingsError(f"interpolation='logsnr' needs a finite log-SNR on the grid; {process.name}'s is infinite "
+                            f"at t = {ts[0]:g} or {ts[-1]:g}: use interpolation='t' or 'sqrt_t'")
 
 
 def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
@@ -112,38 +126,52 @@ def _ends_and_kernel(process: LinearProcess, prediction: str, lam: float, ts: np
 
 
 def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float = 0.0, prediction: str = "eps",
-              corrector: bool = False, interpolation: str = "t", lower_order_final: bool = False) -> Recursion:
+              corrector: bool = False, interpolation: str = "t", lower_order_final: bool = False,
+              output: str = "eps") -> Recursion:
     """Multistep gDDIM of order q in the ε or data form, with an optional corrector (no extra model call).
 
-    The data form keeps h_i = u_i - R_i ε_i = M_i x̂_i (the denoised state) and folds M_{i-j}⁻¹ into the
-    float64 coefficients, so the float32 loop never divides by BDM's 1e-5 entries of M.
+    The data form with an ε-model keeps h_i = u_i - R_i ε_i = M_i x̂_i (the denoised state) and folds M_{i-j}⁻¹
+    into the float64 coefficients, so the float32 loop never divides by BDM's 1e-5 entries of M. A model of
+    another output (OUTPUTS) gives x̂ itself, or through x̂ = P u + Q v (velocity): nothing to fold, which is
+    what lets flow matching start at t = 1, where M = 0.
     λ > 0 is the data form only: ε along a stochastic path is noise, x̂ is not.
     """
     if prediction not in PREDICTIONS:
         raise SettingsError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if lam > 0 and prediction != "data":
         raise SettingsError("stochastic multistep (lam > 0) extrapolates the data prediction: use prediction='data'")
+    if output not in OUTPUTS or (output != "eps" and prediction != "data"):
+        raise SettingsError(f"output must be one of {OUTPUTS}, and anything but 'eps' needs prediction='data' "
+                            f"(a history of x̂); got output={output!r}, prediction={prediction!r}")
     t, s = ts[:-1], ts[1:]
     n = len(t)
     rho, drho = interpolation_variable(process, interpolation)
     tau, w = step_quadrature(t, s)
     A, at_t, at_s, kernel = _ends_and_kernel(process, prediction, lam, ts, tau)
-    data = prediction == "data"
+    fold = prediction == "data" and output == "eps"  # an ε-model's h = M x̂: M⁻¹ goes into the coefficients
     built = by_parts_all_steps(ts, step_degrees(n, order, lower_order_final), (0, 1) if corrector else (0,),
                                at_t, at_s, tau, w, kernel, rho, drho,
-                               fold=blocks.inv(process.mean_coef(ts)) if data else None)  # x̂ = M⁻¹ h
+                               fold=blocks.inv(process.mean_coef(ts)) if fold else None)
     # the last step has no later model call to correct it with: its corrector row repeats the predictor (in place:
     # corrector_off would copy an array of up to 40 MB)
     C, redo = built[0], repeat_predictor(built[1], built[0], [n - 1]) if corrector else None
-    P, Q = (blocks.eye(process.modes, process.k)[None].repeat(n, 0), -process.R(t)) if data else (None, None)
+    P = Q = None
+    if output == "velocity":
+        P, Q = process.data_from_velocity(t)
+    elif fold:
+        P, Q = blocks.eye(process.modes, process.k)[None].repeat(n, 0), -process.R(t)
     S = noise_root(process, t, s, A) if lam > 0 else None
     return Recursion(times=t, next_times=s, A=A, C=C, S=S, P=P, Q=Q, corrector=redo)
 
 
-def final_data_step(process: LinearProcess, t_end: float) -> Recursion:
+def final_data_step(process: LinearProcess, t_end: float, output: str = "eps") -> Recursion:
     """The last NFE spent on the data prediction x̂(u, t_end) = M⁻¹(u - R ε) (FAST §4); for CLD the posterior
     mean of (x_0, 0) given (x, v), in place of the Euler-Maruyama denoising step."""
     t = np.array([t_end])
+    if output != "eps":
+        P, Q = process.data_from_velocity(t) if output == "velocity" else (None, None)
+        eye = blocks.eye(process.modes, process.k)[None]
+        return Recursion(times=t, next_times=np.array([0.0]), A=np.zeros_like(eye), C=eye[:, None], P=P, Q=Q)
     m_inv = np.linalg.inv(process.mean_coef(t))
     zero = np.zeros_like(m_inv)
     return Recursion(times=t, next_times=np.array([0.0]), A=zero, C=m_inv[:, None],

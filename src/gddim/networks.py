@@ -11,6 +11,7 @@ small models trained briefly need it for CLD, whose deterministic sampler otherw
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -19,7 +20,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from . import blocks
-from .errors import NetworkConfigError
+from .errors import NetworkConfigError, SettingsError
 from .exact import gaussian_gain
 from .processes import LinearProcess
 
@@ -138,6 +139,7 @@ class EpsModel(nn.Module):
             raise NetworkConfigError(f"a Gaussian skip needs the process (with k={k}) the network is trained for")
         self.config, self.data_channels, self.image_size, self.k = config, data_channels, image_size, k
         self.process = process
+        self.gain_table: tuple[torch.Tensor, torch.Tensor] | None = None  # (times, gains) while a sampler runs
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
         self.unet = UNet2DModel(
@@ -158,19 +160,41 @@ class EpsModel(nn.Module):
         return cls(NetworkConfig.from_dict(spec["config"]), spec["data_channels"], spec["image_size"], spec["k"], process)
 
     def gaussian_part(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """E_t u: the exact ε if the data were N(0, gaussian_skip I); one float64 gain per distinct time."""
-        times, index = np.unique(t.detach().double().cpu().numpy(), return_inverse=True)
+        """E_t u: the exact ε if the data were N(0, gaussian_skip I); one float64 gain per distinct time, or
+        inside at_times the gain of the nearest announced time, looked up on the device."""
+        if self.gain_table is not None:
+            times, gains = self.gain_table
+            per_sample = gains[(t.to(times.dtype)[:, None] - times).abs().argmin(1)].to(u.dtype)
+        else:
+            times, index = np.unique(t.detach().double().cpu().numpy(), return_inverse=True)
+            per_sample = self._gains(times, u.dtype, u.device)[torch.from_numpy(index.reshape(-1)).to(u.device)]
+        return self.process.from_basis(blocks.apply(per_sample, self.process.to_basis(u)))
+
+    def _gains(self, times: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
         cov = np.zeros((self.process.modes, self.k, self.k))
         cov[:, 0, 0] = self.config.gaussian_skip
-        gain = blocks.to_torch(gaussian_gain(self.process, times, cov), self.process.mode_shape, u.dtype, u.device)
-        per_sample = gain[torch.from_numpy(index.reshape(-1)).to(u.device)]
-        return self.process.from_basis(blocks.apply(per_sample, self.process.to_basis(u)))
+        return blocks.to_torch(gaussian_gain(self.process, times, cov), self.process.mode_shape, dtype, device)
+
+    @contextmanager
+    def at_times(self, times: np.ndarray, like: torch.Tensor):
+        """While a sampler calls the network only at these times: the Gaussian skip's gains are computed once,
+        before the loop, and looked up on the device, so that a call never waits to read t on the host."""
+        if self.config.gaussian_skip is None:
+            yield
+            return
+        previous = self.gain_table
+        table_times = torch.as_tensor(times, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        self.gain_table = (table_times, self._gains(np.asarray(times), like.dtype, like.device))
+        try:
+            yield
+        finally:
+            self.gain_table = previous
 
     def forward(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         expected = (self.k * self.data_channels, self.image_size, self.image_size)
         if u.ndim != 4 or tuple(u.shape[1:]) != expected:
-            raise ValueError(f"EpsModel takes states of shape (B, {', '.join(map(str, expected))}), "
-                             f"got {tuple(u.shape)}")
+            raise SettingsError(f"EpsModel takes states of shape (B, {', '.join(map(str, expected))}), "
+                                f"got {tuple(u.shape)}")
         weight = self.unet.conv_in.weight
         t = torch.as_tensor(t, device=u.device).reshape(-1).expand(u.shape[0])
         # samplers may run in float64 (reference_ode): compute in the weights' dtype, answer in u's; the time

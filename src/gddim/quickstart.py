@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import load_images
+from .errors import OutputExistsError
 from .evaluation import evaluate
 from .networks import preset
 from .processes import CLD
@@ -19,8 +20,9 @@ def quickstart(out_dir: str | Path, steps: int = 2000, n: int = 500, seed: int =
     at NFE 10, 20 and 50, and write the run, the grids, metrics.json and quality_vs_nfe.png into out_dir (README's
     main job)."""
     out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()) and not (out / "run").is_dir():
-        raise FileExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
+    empty_folder = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not empty_folder and not (out / "run").is_dir():
+        raise OutputExistsError(f"{out} exists and is not a quickstart folder; choose a new one")
     images = load_images("digits")
     # the default settings, with warmup and checkpoint interval cut to fit a short run
     config = TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps), seed=seed,

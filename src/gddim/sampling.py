@@ -1,13 +1,13 @@
-"""The sampler loop, `sample()` and the float64 reference solution of the probability-flow ODE.
+"""`sample()`, its settings and plans, SSCS, and the float64 reference solution of the probability-flow ODE.
 
-An ε-model is any callable eps_fn(u, t) -> ε with u a state (B, k*C, H, W) in pixel layout and t a
-tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u.
+An ε-model is any callable eps_fn(u, t, **model_kwargs) -> ε with u a state (B, k*C, H, W) in pixel layout and
+t a tensor of shape (B,); ε is in R-coordinates (MATH §1.3-1.4) and has the shape of u (gddim.loop: how the
+loop calls it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,10 +18,10 @@ from . import blocks, coefficients, multistep
 from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
+from .loop import Callback, CheckedModel, EpsFn, ModelCall, Stepper, host_model, run_steps
 from .processes import CLD, LinearProcess
 from .spec import METHODS
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MAX_ORDER = 3
 
 
@@ -49,6 +49,9 @@ class Multistep:
     lower_order_final: on runs of fewer than 15 steps the last step is first order, the one before second order.
     final_step: "integrate" (end at t_end; CLD then takes its denoising step) or "data" (one more model call
         returns the data prediction x̂(u, t_end); it replaces CLD's denoising step and counts in the NFE).
+    output: what the model returns: "eps" (ε_R), "data" (x̂, the posterior mean of the data) or "velocity"
+        (flow matching's dx_t/dt); anything but ε keeps the history in the data form (prediction="data"), so that
+        flow matching can start at t = 1, where Ψ(t,0) = 0 and an ε-model says nothing about the data.
     """
 
     prediction: str = "eps"
@@ -56,10 +59,12 @@ class Multistep:
     interpolation: str = "t"
     lower_order_final: bool = False
     final_step: str = "integrate"
+    output: str = "eps"
 
     def check(self, method: str, parameterization: str) -> None:
         for name, allowed in [("prediction", multistep.PREDICTIONS), ("interpolation", multistep.INTERPOLATIONS),
-                              ("final_step", multistep.FINAL_STEPS)]:
+                              ("final_step", multistep.FINAL_STEPS),
+                              ("output", multistep.OUTPUTS)]:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("corrector", "lower_order_final"):
@@ -67,6 +72,9 @@ class Multistep:
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.is_paper:
             return
+        if self.output != "eps" and self.prediction != "data":
+            raise SettingsError(f"a model with output={self.output!r} gives x̂, so its history is the data form: "
+                                "pass prediction='data' (or leave prediction unset)")
         if method != "gddim":
             raise SettingsError(f"prediction, corrector, interpolation, lower_order_final and final_step belong to "
                              f"method='gddim'; {method!r} takes none of them")
@@ -122,12 +130,13 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
     if method == "sscs":
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
+    multistep.check_start(process, ts, fast.output, fast.interpolation)
     key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
     cache = process.__dict__.setdefault("_plans", {})
     if key not in cache:
         rec = integrator(process, ts, method, order, lam, parameterization, fast)
         if fast.final_step == "data":
-            rec = rec.then(multistep.final_data_step(process, ts[-1]))
+            rec = rec.then(multistep.final_data_step(process, ts[-1], fast.output))
         elif denoise:
             rec = rec.then(coefficients.denoising_step(process, ts[-1]))
         cache[key] = rec
@@ -139,7 +148,7 @@ def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", or
     """The integrator steps of one (checked) sampler on the grid ts, without the final denoising or data step."""
     if method == "gddim" and not options.is_integrator_paper:
         return multistep.multistep(process, ts, order, lam, options.prediction, options.corrector,
-                                   options.interpolation, options.lower_order_final)
+                                   options.interpolation, options.lower_order_final, options.output)
     if method == "gddim" and lam == 0:
         return coefficients.exponential_integrator(process, ts, order, parameterization)
     if method in ("gddim", "ancestral"):
@@ -156,6 +165,8 @@ def _multistep_options(method: str, order: int | None, lam: float | None, parame
         raise SettingsError(f"unknown sampler option(s) {sorted(unknown)}; the multistep options are "
                         f"{list(Multistep.__dataclass_fields__)}")
     default = _is_default_sampler(method, order, lam, parameterization, options)
+    if options.get("output", "eps") != "eps":
+        options = {"prediction": "data", **options}
     return replace(FAST_DEFAULTS if default else Multistep(), **options)
 
 
@@ -185,6 +196,9 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
         raise SettingsError("SSCS integrates the reverse SDE (λ = 1); lam must be 1")
     if method == "sscs" and denoise is not None and denoise != process.denoise:
         raise SettingsError("SSCS always ends with CLD's denoising step; leave denoise unset")
+    if fast.output != "eps" and denoise:
+        raise SettingsError(f"the denoising step takes an ε-model; a model with output={fast.output!r} ends with "
+                            "final_step='data' or at t_end: leave denoise unset or False")
     if fast.final_step == "data" and denoise:
         raise SettingsError("final_step='data' replaces the denoising step: leave denoise unset or False")
     denoise = (process.denoise if denoise is None else denoise) and fast.final_step != "data"
@@ -216,33 +230,6 @@ def _default_lam(method: str, lam: float | None) -> float:
     return float(lam)
 
 
-class _Model:
-    """Calls eps_fn on basis states, checking what comes back."""
-
-    def __init__(self, process: LinearProcess, eps_fn: EpsFn):
-        self.process, self.eps_fn = process, eps_fn
-        self.calls = 0
-
-    def __call__(self, y: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        u = self.process.from_basis(y)
-        # times stay float32 or wider even when the state is half precision (a bf16 time is ~2 labels off)
-        tt = torch.full((u.shape[0],), t, dtype=torch.promote_types(u.dtype, torch.float32), device=u.device)
-        eps = self.eps_fn(u, tt)
-        self.calls += 1
-        if not isinstance(eps, torch.Tensor) or eps.shape != u.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise SamplerError(f"eps_fn returned {got} at step {step} (t={t:.6g}); expected {tuple(u.shape)}")
-        if not torch.isfinite(eps).all():
-            raise SamplerError(f"eps_fn returned NaN or inf at step {step} (t={t:.6g}); "
-                               "check the model and its time input")
-        return self.process.to_basis(eps.to(u.dtype))
-
-
-def host_model(process: LinearProcess, eps_fn: EpsFn, device: torch.device) -> _Model:
-    """The checked model for float64 states on the CPU (scipy's side), evaluated on the model's device."""
-    return _Model(process, lambda u, t: eps_fn(u.to(device), t.to(device)).to("cpu", torch.float64))
-
-
 def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Noise shaped like `like`, drawn in float64 and cast to its dtype: one seed gives the same draws whatever the
     state's precision (torch draws float32 and float64 from different streams), as prior_sample does."""
@@ -250,79 +237,26 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> to
 
 
 def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: Recursion,
-                  generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state."""
+                  generator: torch.Generator | None = None, progress: bool = False,
+                  call: ModelCall = ModelCall()) -> torch.Tensor:
+    """Apply a recursion to the state u (pixel layout) in u's dtype; returns the final state.
+
+    The loop never waits for the device: a NaN or inf from the model is found there and reported after the loop,
+    or every call.check_every calls (SamplerError naming the first bad step)."""
     process.check_state(u, "u_T")
-    model = _Model(process, eps_fn)
-    stepper = Stepper(process, rec, u)
-    y = process.to_basis(u)
-    for i in tqdm(range(rec.steps), disable=not progress, desc="sampling", leave=False):
-        y = stepper.step(y, model(y, float(rec.times[i]), i), generator)
+    model = CheckedModel(process, eps_fn, call)
+    with model.at_times(rec.times, u):
+        y = run_steps(process.to_basis(u), model, Stepper(process, rec, u, standard_normal), generator, progress)
+    model.report()
     return process.from_basis(y)
-
-
-class Stepper:
-    """A recursion applied one model output at a time: the sampling loop and GDDIMScheduler.step both use it.
-
-    It holds the coefficients cast to the state's dtype and device and the history h. The corrector redoes
-    step i-1 once the model output at its predicted end is known; the redone step differs from the predicted
-    one (same start, same noise z) only in its history terms, y_i ← y_i + Σ_j D_ij h_j with
-    D_i = corrector_i - C_i shifted by one, and step i then applies A_i to it: the two fold into step i's
-    history coefficients, C_ij + A_i D_(i-1)j, built once in float64. The history keeps the output at the
-    predicted state. States and outputs are in the basis layout (B, k, C, H, W).
-    """
-
-    def __init__(self, process: LinearProcess, rec: Recursion, like: torch.Tensor,
-                 normal: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = standard_normal):
-        cast = lambda a: None if a is None else process.blocks(a, like)
-        self.A, self.S, self.E, self.Q = (cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q))
-        # h = u + Q ε when P is the identity (the data form): one multiply-add
-        self.P = None if rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape)) \
-            else cast(rec.P)
-        self.C = cast(rec.C if rec.corrector is None else _fold_corrector(rec))
-        self.normal = normal
-        self.steps, self.index = rec.steps, 0
-        self.history: list[torch.Tensor] = []
-
-    def step(self, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The state after step `index`, given the state y the step starts from and the model output there."""
-        i = self.index
-        if i >= self.steps:
-            raise IndexError(f"all {self.steps} steps of this recursion are done")
-        if self.E is not None:
-            eps = blocks.apply(self.E[i], eps)
-        if self.Q is not None:
-            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
-        self.history = [eps] + self.history[: self.C.shape[1] - 1]
-        noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
-        self.index = i + 1
-        return _step(self.A[i], self.C[i], y, self.history, noise)
-
-
-def _fold_corrector(rec: Recursion) -> np.ndarray:
-    """Each step's history coefficients with the previous step's correction folded in (see Stepper)."""
-    assert rec.corrector.shape[1] >= rec.C.shape[1] + 1, "a corrector row holds the new output and every predictor term"
-    predictor = np.zeros_like(rec.corrector)
-    predictor[:, 1 : rec.C.shape[1] + 1] = rec.C
-    merged = np.zeros_like(rec.corrector)
-    merged[:, : rec.C.shape[1]] = rec.C
-    merged[1:] += rec.A[1:, None] @ (rec.corrector - predictor)[:-1]
-    return merged
-
-
-def _step(A: torch.Tensor, C: torch.Tensor, y: torch.Tensor, history: list[torch.Tensor], noise) -> torch.Tensor:
-    """A y + Σ_j C_j h_j (+ the step's noise)."""
-    out = blocks.apply(A, y)
-    for c, past in zip(C, history):
-        out = blocks.add_applied(out, c, past)
-    return out if noise is None else out + noise
 
 
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
            order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
            generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
-           **options) -> torch.Tensor:
+           model_kwargs: dict | None = None, callback: Callback | None = None, compile: bool | str = False,
+           autocast: str | None = None, check_every: int = 0, **options) -> torch.Tensor:
     """Sample from u_T with `nfe` network calls; returns data x (B, C, H, W), or the whole state.
 
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
@@ -336,14 +270,19 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     FAST_DEFAULTS (data prediction, the corrector, lower order at the end), chosen by measurement. Naming an
     order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=2,
     prediction="data", corrector=True, lower_order_final=True is the default spelled out).
+    The model: model_kwargs (conditioning) go to every call as eps_fn(u, t, **model_kwargs); callback(step, t,
+    state, data_prediction) follows every call; compile and autocast ("bf16", "fp16") run the model compiled or
+    in half precision while the state keeps u_T's dtype; NaN or inf from the model is reported after the loop, or
+    every check_every calls (see gddim.loop.ModelCall).
     """
     grid = resolve_grid(process, grid, nfe)
+    call = ModelCall(model_kwargs or {}, callback, compile, autocast, check_every)
     if method == "sscs":
         check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
-        u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress)
+        u = sscs(process, eps_fn, u_T, nfe, grid, t_start, t_end, generator, progress, call)
     else:
         rec = plan(process, nfe, method, order, lam, parameterization, grid, t_start, t_end, denoise, **options)
-        u = run_recursion(process, eps_fn, u_T, rec, generator, progress)
+        u = run_recursion(process, eps_fn, u_T, rec, generator, progress, call)
     return u if return_state else process.state_to_data(u)
 
 
@@ -361,31 +300,43 @@ def _sscs_half_step(process: CLD, b: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadratic", t_start=None, t_end=None,
-         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         generator: torch.Generator | None = None, progress: bool = False, call: ModelCall = ModelCall()) -> torch.Tensor:
     """Symmetric splitting CLD sampler (MATH §5.2): A(h/2) S(h) A(h/2) per step, then the denoising step."""
     process.check_state(u_T, "u_T")
     n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
-    model = _Model(process, eps_fn)
+    mids, split = 0.5 * (ts[:-1] + ts[1:]), _SplitCoefficients(process, ts, u_T)
+    denoise = Stepper(process, coefficients.denoising_step(process, ts[-1]), u_T, standard_normal)
+    model = CheckedModel(process, eps_fn, call)
     y = process.to_basis(u_T)
-    for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
-        t, s = ts[i], ts[i + 1]
-        mid = 0.5 * (t + s)
-        y = _sscs_linear(process, y, t, mid, generator)
-        # score part: dv = 2Γβ [s_v + M⁻¹ v] dτ' with s = -R⁻ᵀ ε, over the whole step
-        eps = model(y, mid, i)
-        score_v = -blocks.apply(process.blocks(blocks.transpose(np.linalg.inv(process.R(mid)[0])), y), eps)[:, 1]
-        dv = 2 * process.Gamma * process.beta(mid)[0] * (t - s) * (score_v + process.m_inv * y[:, 1])
-        y = torch.stack([y[:, 0], y[:, 1] + dv], dim=1)
-        y = _sscs_linear(process, y, mid, s, generator)
-    u = process.from_basis(y)
-    return run_recursion(process, eps_fn, u, coefficients.denoising_step(process, ts[-1]))
+    with model.at_times(np.append(mids, denoise.times), u_T):
+        for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
+            y = split.linear(y, 2 * i, generator)
+            # score part: dv = 2Γβ [s_v + M⁻¹ v] dτ' with s = -R⁻ᵀ ε, over the whole step
+            score_v = -blocks.apply(split.score[i], model(y, float(mids[i]), i))[:, 1]
+            y = torch.stack([y[:, 0], y[:, 1] + split.kick[i] * (score_v + process.m_inv * y[:, 1])], dim=1)
+            y = split.linear(y, 2 * i + 1, generator)
+        y = run_steps(y, model, denoise, generator, first_step=n_steps)
+    model.report()
+    return process.from_basis(y)
 
 
-def _sscs_linear(process: CLD, y: torch.Tensor, t: float, s: float, generator) -> torch.Tensor:
-    mean, cov = _sscs_half_step(process, float(process.B(t)[0] - process.B(s)[0]))
-    y = blocks.apply(process.blocks(mean[None], y), y)
-    return y + blocks.apply(process.blocks(blocks.psd_sqrt(cov[None]), y), standard_normal(y, generator))
+class _SplitCoefficients:
+    """SSCS's per-step maps on the state's device, made before the loop: the half steps' mean maps and noise roots
+    (half step 2i before step i's model call, 2i+1 after it), the score map -R⁻ᵀ and the kick 2Γβ(t - s)."""
+
+    def __init__(self, process: CLD, ts: np.ndarray, like: torch.Tensor):
+        mids = 0.5 * (ts[:-1] + ts[1:])
+        ends = np.stack([ts[:-1], mids, mids, ts[1:]], axis=1).reshape(-1, 2)  # (2n, 2): each half step's (t, s)
+        halves = [_sscs_half_step(process, float(process.B(t)[0] - process.B(s)[0])) for t, s in ends]
+        self.mean = process.blocks(np.stack([mean[None] for mean, _ in halves]), like)
+        self.root = process.blocks(np.stack([blocks.psd_sqrt(cov[None]) for _, cov in halves]), like)
+        self.score = process.blocks(blocks.transpose(np.linalg.inv(process.R(mids))), like)
+        self.kick = (2 * process.Gamma * process.beta(mids) * (ts[:-1] - ts[1:])).tolist()
+
+    def linear(self, y: torch.Tensor, half: int, generator) -> torch.Tensor:
+        y = blocks.apply(self.mean[half], y)
+        return y + blocks.apply(self.root[half], standard_normal(y, generator))
 
 
 def reference_ode(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t_start: float | None = None,

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, make_folder
 from .checkpoints import clear_unfinished_start, restore, resume_point, resume_state, run_record, save_checkpoint
 from .data import make_loader
 from .distributed import InterruptFlag, ProcessGroup, agree, process_group, run_on_rank0
@@ -138,7 +138,7 @@ def _start(process, images, out_dir, network, config, data_info, resume, group: 
     if group.is_main:
         if checkpoint is None and out_dir.exists():
             clear_unfinished_start(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         _reset_loss_log(out_dir, start)
     result = TrainResult(step=start, checkpoint=checkpoint.path if checkpoint else None, model=model,
                          ema_model=ema.module)

@@ -15,16 +15,20 @@ from .records import machine_info
 
 def schedulers() -> dict:
     """Makers of the timed schedulers by name: GDDIMScheduler's variants, then diffusers' own."""
+    paper = {"predict_x0": False, "use_corrector": False, "lower_order_final": False}  # the paper's gDDIM, ε form
     return {
-        "gddim order 1": lambda: GDDIMScheduler(solver_order=1),
-        "gddim order 3": lambda: GDDIMScheduler(solver_order=3),
-        "gddim order 4": lambda: GDDIMScheduler(solver_order=4),
-        "gddim data order 3": lambda: GDDIMScheduler(solver_order=3, predict_x0=True),
-        "gddim data order 3 corrector": lambda: GDDIMScheduler(solver_order=3, predict_x0=True, use_corrector=True),
+        "gddim default": lambda: GDDIMScheduler(),
+        "gddim order 1": lambda: GDDIMScheduler(solver_order=1, **paper),
+        "gddim order 3": lambda: GDDIMScheduler(solver_order=3, **paper),
+        "gddim order 4": lambda: GDDIMScheduler(solver_order=4, **paper),
+        "gddim data order 3": lambda: GDDIMScheduler(solver_order=3, **{**paper, "predict_x0": True}),
+        "gddim data order 3 corrector": lambda: GDDIMScheduler(solver_order=3, predict_x0=True, use_corrector=True,
+                                                               lower_order_final=False),
         "gddim data order 3 logsnr lower_order_final": lambda: GDDIMScheduler(
-            solver_order=3, predict_x0=True, interpolation="logsnr", lower_order_final=True, final_sigmas_type="sigma_min"),
-        "gddim data order 2 lam=0.5": lambda: GDDIMScheduler(solver_order=2, predict_x0=True, lam=0.5),
-        "gddim lam=1": lambda: GDDIMScheduler(lam=1.0),
+            solver_order=3, predict_x0=True, use_corrector=False, interpolation="logsnr", lower_order_final=True,
+            final_sigmas_type="sigma_min"),
+        "gddim data order 2 lam=0.5": lambda: GDDIMScheduler(solver_order=2, **{**paper, "predict_x0": True}, lam=0.5),
+        "gddim lam=1": lambda: GDDIMScheduler(solver_order=1, **paper, lam=1.0),
         "ddim": lambda: diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False),
         "ddpm": lambda: diffusers.DDPMScheduler(timestep_spacing="trailing", clip_sample=False),
         "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing"),

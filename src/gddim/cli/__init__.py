@@ -1,7 +1,8 @@
 """The `gddim` command: argument parsing only; every command calls the library.
 
-Each module of this package registers its own sub-commands through `register(subparsers)`. Parsing imports
-nothing heavy (torch, diffusers, scipy load inside a command's run function), so `--help` answers at once.
+Each command is one module of this package that registers its sub-command through `register(subparsers)`.
+Parsing imports nothing heavy (torch, diffusers, scipy load inside a command's run function), so `--help`
+answers at once.
 """
 
 from __future__ import annotations
@@ -10,26 +11,21 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("bench", "train", "invert", "tune_grid")
+COMMAND_MODULES = ("quickstart", "train", "sample", "evaluate", "invert", "tune_grid", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gddim", description="gDDIM sampling, training and benchmarks for linear diffusions")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            continue
-        module.register(sub)
+    for name in COMMAND_MODULES:  # a command module that fails to import stops the command line: never dropped
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Errors that are the user's to fix (a GddimError: bad settings, data, checkpoints, a diverging model; or an
-    OSError about a file) print one line on stderr and exit with 2, without a traceback."""
+    """Errors that are the user's to fix (a GddimError: bad settings, data, files, checkpoints, a diverging model)
+    print one line on stderr and exit with 2, without a traceback; any other exception is a bug and shows its
+    traceback."""
     from ..errors import GddimError
     from .options import check_device
 
@@ -38,6 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "device", None):
             check_device(args.device)
         return int(args.run(args) or 0)
-    except (GddimError, OSError) as err:
+    except GddimError as err:
         print(f"gddim {args.command}: error: {err}", file=sys.stderr)
         return 2

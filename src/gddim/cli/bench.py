@@ -7,7 +7,8 @@ import shlex
 from pathlib import Path
 
 from ..bench import sweeps
-from .options import PROCESSES, non_empty, non_negative, positive, positive_number
+from ..errors import OutputExistsError
+from .options import BENCH_PROCESSES, PROCESSES, non_empty, non_negative, positive, positive_number
 
 
 def register(subparsers) -> None:
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
                        help="the data split; all (default) joins train and test")
     exact.add_argument("--image-size", type=positive, help="resize images to this square size first")
     exact.add_argument("--data-points", type=positive, help="keep only the first N images (default: all of the split)")
-    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
+    exact.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(BENCH_PROCESSES))
     exact.add_argument("--nfes", nargs="+", type=positive, help=f"NFE values (default {' '.join(map(str, sweeps.NFES))})")
     exact.add_argument("--batch", type=positive, help="starting points (default 256)")
     exact.add_argument("--seed", type=non_negative, default=0)
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     exact.set_defaults(run=run_exact)
 
     coeff = which.add_parser("coefficients", help="coefficient build time for a new grid from a cold start")
-    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(PROCESSES))
+    coeff.add_argument("--processes", nargs="+", choices=sorted(PROCESSES), default=list(BENCH_PROCESSES))
     coeff.add_argument("--nfes", nargs="+", type=positive, default=list(sweeps.COEFFICIENT_NFES))
     coeff.add_argument("--repeats", type=positive, default=5, help="builds per configuration; medians are reported")
     coeff.add_argument("--bdm-image-size", type=positive, default=32, help="BDM's image size (number of DCT modes)")
@@ -51,9 +52,9 @@ def _prepare(args) -> None:
     import torch
 
     if args.out.exists() and not args.out.is_dir():
-        raise FileExistsError(f"--out {args.out} is a file; name a folder")
+        raise OutputExistsError(f"--out {args.out} is a file; name a folder")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{args.out} is not empty; pass --overwrite to write into it or choose another --out")
+        raise OutputExistsError(f"{args.out} is not empty; pass --overwrite to write into it or choose another --out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -1,4 +1,5 @@
-"""Argument types of the `gddim` command: each refuses a bad value with a message that says what is wrong.
+"""Argument types and options shared by the `gddim` commands: each type refuses a bad value with a message that
+says what is wrong.
 
 Nothing heavy is imported here, so that `gddim --help` answers at once; the few names the parsers offer as
 choices are spelled out below (tests check them against the library).
@@ -13,7 +14,9 @@ from pathlib import Path
 from ..errors import SettingsError
 from ..spec import METHODS, SamplerSpec
 
-PROCESSES = ("vp", "cld", "bdm")  # the keys of gddim.processes.PROCESSES, in its order
+PROCESSES = ("vp", "cld", "bdm", "flow")  # the keys of gddim.processes.PROCESSES, in its order
+# the exact-score sweeps' default; flow matching is measured by benchmarks/peers_flow.py
+BENCH_PROCESSES = ("vp", "cld", "bdm")
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
 GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
@@ -136,3 +139,31 @@ def one_of(names):
         return text
 
     return parse
+
+
+def grid_option(parser: argparse.ArgumentParser) -> None:
+    """--grid: a named time grid or a grid file (`gddim sample` and `gddim evaluate`)."""
+    parser.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, "
+                        "logsnr, tuned (shipped, tuned on exact scores) or a grid file from `gddim tune-grid` (tuned "
+                        "for this model and NFE)")
+
+
+def data_source(source: str) -> str:
+    """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
+    from ..data import BUILT_IN_DATA
+
+    if source in BUILT_IN_DATA:
+        return source
+    prefix = "cifar10:" if source.startswith("cifar10:") else ""
+    return prefix + str(Path(source[len(prefix):]).expanduser().resolve())
+
+
+def model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    parser.add_argument("--autocast", choices=("bf16", "fp16"),
+                        help="run the network in half precision (the state stays float32)")
+
+
+def model_call(args) -> dict:
+    """gddim.sample's compile and autocast, as far as the flags set them."""
+    return {**({"compile": True} if args.compile else {}), **({"autocast": args.autocast} if args.autocast else {})}

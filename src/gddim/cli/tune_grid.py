@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import OutputExistsError
 from .options import device, integer, non_empty, non_negative, number, positive
 
 
@@ -36,7 +37,7 @@ def run(args) -> int:
     rtol = TEACHER_RTOL if args.rtol is None else args.rtol
     out = Path(args.out).expanduser()
     if out.exists():
-        raise FileExistsError(f"{out} exists; remove it or choose another --out")
+        raise OutputExistsError(f"{out} exists; remove it or choose another --out")
     checkpoint = load_checkpoint(args.checkpoint)
     process, model = checkpoint.process(), checkpoint.network("ema", args.device)
     n_steps = tuned_steps(process, args.nfe, candidates)  # bad settings fail before minutes of ODE solving

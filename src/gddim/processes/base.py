@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import blocks
+from ..errors import SettingsError
 from .basis import IdentityBasis
 
 
@@ -79,6 +80,11 @@ class LinearProcess:
     def mean_coef(self, t) -> np.ndarray:
         """The matrix taking clean data (as a state, velocity 0) to the mean of u_t."""
         return self.psi(t, 0.0)
+
+    def data_from_velocity(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """(P, Q) with x̂ = P u + Q v for a model predicting the velocity v = du_t/dt of the forward path."""
+        raise SettingsError(f"a velocity-predicting model is defined for flow matching; {self.name} models predict ε "
+                            "or the data (output='eps' or 'data')")
 
     def prior_cov(self) -> np.ndarray:
         """Covariance (M, k, k) of the state drawn at the start of sampling."""
