@@ -111,14 +111,15 @@ def _ends_and_kernel(process: LinearProcess, prediction: str, lam: float, ts: np
         transition, weight = (lambda to, start: hat(start, to)), process.mean_coef
     A = transition(s, t)
     at_t, at_s = blocks.matmul(A, weight(t)), weight(s)
-    # scalar transitions compose exactly, K(τ) = Ψ(s,t_0)·Ψ(t_0,τ)W_τ: each node's factor once, not with each s
-    start = ts[:1]  # one time: Ψ(t_0, τ) broadcasts over the nodes
-    left = transition(s, start) if process.k == 1 else None
+    # scalar transitions compose exactly, K(τ) = Ψ(s,r)·Ψ(r,τ)W_τ: each node's factor once, not with each s; r is
+    # inside the grid, where M and R are nonzero (flow matching has M = 0 at t = 1 and R = 0 at t = 0)
+    middle = np.array([(ts[0] + ts[-1]) / 2])  # one time: Ψ(r, τ) broadcasts over the nodes
+    left = transition(s, middle) if process.k == 1 else None
 
     def kernel(rows):
         nodes = tau[rows].ravel()
         if left is not None:
-            inner = transition(start, nodes) * weight(nodes)
+            inner = transition(middle, nodes) * weight(nodes)
             return left[rows, None] * inner.reshape(-1, p, *A.shape[1:])
         return blocks.matmul(transition(np.repeat(s[rows], p), nodes), weight(nodes)).reshape(-1, p, *A.shape[1:])
 
