@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import data_error, machine_info, rms_error, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import data_error, machine_info, rms_error
 from gddim.data import load_images
 from gddim.processes import make_process
 

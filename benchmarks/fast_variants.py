@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import benchmark_images, data_error, machine_info, reference_solution, rms_error
 from gddim.data import load_images
 from gddim.errors import SettingsError
 from gddim.processes import make_process

@@ -12,7 +12,6 @@ Writes benchmarks/trained_digits/fp16_weights.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gddim.atomic import write_json
 from gddim.evaluation import evaluate
 from gddim.checkpoints import find_checkpoint
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     diffs = [abs(fd[p, "float16", s, k] - fd[p, "float32", s, k]) for p, w, s, k in fd if w == "float32"]
     out = {"n": n, "seed": 0, "records": rows, "max_abs_difference": max(diffs),
            "command": "OMP_NUM_THREADS=1 python benchmarks/fp16_weights.py"}
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, out, indent=2)
     print("largest change of the Fréchet distance:", max(diffs))
 
 

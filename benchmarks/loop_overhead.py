@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.benchmark import machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import machine_info
 from gddim.networks import EpsModel, preset
 from gddim.processes import make_process
+from gddim.spec import SamplerSpec
 
 PRESETS = {"tiny": 8, "small": 16}  # preset: image size
-SAMPLERS = {"default": {}, "gddim q=2": {"order": 2}, "ancestral": {"method": "ancestral"}}
+SAMPLERS = tuple(SamplerSpec.parse(text) for text in ("gddim", "gddim:q=2", "ancestral"))
 QUICK = {"batch": 4, "nfe": 5, "repeats": 2}  # the smoke-test size of --quick
 
 
@@ -48,9 +50,9 @@ def measure(preset_name: str, process_name: str, batch: int, nfe: int, repeats: 
     eps = torch.randn(u_T.shape, generator=torch.Generator().manual_seed(2))
     generator = torch.Generator().manual_seed(3)
     runs = {"forward": lambda: network(u_T, t)}
-    for label, options in SAMPLERS.items():
-        runs[label] = lambda options=options: gddim.sample(process, lambda u, t: eps, u_T, nfe, generator=generator,
-                                                           **options)
+    for spec in SAMPLERS:
+        runs[str(spec)] = lambda options=spec.options(): gddim.sample(process, lambda u, t: eps, u_T, nfe,
+                                                                      generator=generator, **options)
     times = {label: [] for label in runs}
     with torch.no_grad():
         for run in runs.values():  # first calls allocate and build the plans
@@ -60,7 +62,7 @@ def measure(preset_name: str, process_name: str, batch: int, nfe: int, repeats: 
                 times[label].append(seconds(run))
     forward = statistics.median(times.pop("forward"))
     return [{"preset": preset_name, "image_size": size, "process": process_name, "sampler": label,
-             "options": SAMPLERS[label], "forward_seconds": forward,
+             "forward_seconds": forward,
              "sampler_seconds_per_step": statistics.median(values) / nfe,
              "fraction_of_forward": statistics.median(values) / nfe / forward} for label, values in times.items()]
 

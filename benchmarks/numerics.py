@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import benchmark_images, machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import benchmark_images, machine_info
 from gddim.errors import SettingsError
 from gddim.processes import make_process
 from gddim.sampling import SamplerError, check_sampler

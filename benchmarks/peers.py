@@ -24,9 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import gddim  # noqa: E402
+from gddim.atomic import write_json  # noqa: E402
 from gddim.bench import overhead, peers  # noqa: E402
 from gddim.bench.diffusers_vp import DiffusersVP  # noqa: E402
-from gddim.bench.records import machine_info, write_json  # noqa: E402
+from gddim.bench.records import machine_info  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 QUICK_OVERHEAD = {"shape": (2, 1, 8, 8), "steps": 5, "repeats": 1}

@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gddim.bench import diffusers_flow  # noqa: E402
-from gddim.bench.records import machine_info, write_json  # noqa: E402
+from gddim.atomic import write_json  # noqa: E402
+from gddim.bench.records import machine_info  # noqa: E402
 from gddim.data import load_images  # noqa: E402
 
 

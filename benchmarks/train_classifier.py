@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from gddim.atomic import write_json
 from gddim.data import load_images, load_labels
 from gddim.metrics import FeatureNet
 
@@ -93,7 +94,7 @@ def train(name: str, dataset: str, image_size: int, epochs: int, command: str, o
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(out_dir / f"{name}.safetensors"), metadata={k: str(v) for k, v in net.config().items()})
-    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out_dir / f"{name}.json", record, indent=2)
     print(json.dumps(record), flush=True)
     return record
 

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from gddim.bench.records import machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import machine_info
 from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
 from gddim.evaluation import evaluate

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from gddim.bench.records import machine_info, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import machine_info
 from gddim.checkpoints import load_checkpoint
 from gddim.data import load_images
 from gddim.evaluation import evaluate, save_metrics_and_plot

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import benchmark_images, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import benchmark_images
 from gddim.grid_files import TUNED_DIR, TUNED_FORMAT, VERSION
 from gddim.processes import make_process
 from gddim.tuning import CANDIDATE_GRID, STEP_SAMPLER, model_step_costs

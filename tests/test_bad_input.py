@@ -116,6 +116,15 @@ def test_sampler_values_are_checked_by_the_sampler_rules(capsys):
     assert "too few for order q=3" in err
 
 
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "config.json is corrupt or unreadable"), ("[1, 2]", 'is not a gddim checkpoint (no "format"'),
+])
+def test_a_folder_whose_config_json_is_not_an_object_is_one_line(tmp_path, content, message, capsys):
+    (tmp_path / "config.json").write_text(content)  # neither a diffusers UNet2DModel folder nor a checkpoint
+    err = _one_line_error(["sample", str(tmp_path), "--out", str(tmp_path / "s")], capsys)
+    assert str(tmp_path) in err and message in err
+
 # ---- run folders -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,17 @@ def test_l_vs_r_on_synthetic_records():
     assert table["20"]["q=0"] == {"R": 0.1, "L": 0.3, "L/R": pytest.approx(3.0)}
 
 
+def test_l_vs_r_rows_follow_the_nfes_when_an_order_lacks_one():
+    records = (_synthetic("vp", "gddim:q=0", {20: 1.0}, path={20: 0.2})
+               + _synthetic("vp", "gddim:q=0:param=L", {20: 1.0}, path={20: 0.4})
+               + _synthetic("vp", "gddim:q=2", {10: 1.0, 20: 1.0}, path={10: 0.5, 20: 0.0})
+               + _synthetic("vp", "gddim:q=2:param=L", {10: 1.0, 20: 1.0}, path={10: 0.25, 20: 0.1}))
+    table = exact_summary.l_vs_r(records, nfes=(10, 20, 50))["vp"]
+    assert list(table) == ["10", "20"] and list(table["20"]) == ["q=0", "q=2"]
+    assert table["10"] == {"q=2": {"R": 0.5, "L": 0.25, "L/R": 0.5}}
+    assert table["20"]["q=2"] == {"R": 0.0, "L": 0.1, "L/R": None}  # no ratio to a zero R error
+
+
 def test_deterministic_vs_stochastic_keeps_the_nfes_it_has():
     records = (_synthetic("bdm", "gddim:q=0", {5: 0.3, 10: 0.2}) + _synthetic("bdm", "gddim:lam=0.5", {10: 0.25})
                + _synthetic("bdm", "em", {10: 0.9}))

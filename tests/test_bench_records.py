@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -37,12 +36,6 @@ def test_reference_solution_of_a_dirac_is_the_closed_form():
     exact = scale[vp.t_end] * point + math.sqrt(1 - scale[vp.t_end] ** 2) * eps
     torch.testing.assert_close(x, exact, rtol=0, atol=1e-7)
     assert info["rms_difference_rtol_vs_half"] < 1e-7 and info["rtol=1e-09"]["model_calls"] > 0
-
-
-def test_write_json_makes_the_folder_and_leaves_no_temporary_file(tmp_path):
-    path = records.write_json(tmp_path / "a" / "results.json", {"sampler": "gddim:q=2", "λ": 1})
-    assert json.loads(path.read_text()) == {"sampler": "gddim:q=2", "λ": 1}
-    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
 
 
 def test_benchmark_images_joins_the_splits():

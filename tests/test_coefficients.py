@@ -16,6 +16,7 @@ import torch
 import gddim
 from gddim import blocks, coefficients
 from gddim.coefficients import Recursion
+from gddim.errors import SettingsError
 from gddim.sampling import _sscs_half_step, run_recursion
 
 import reference as ref
@@ -151,6 +152,12 @@ def test_L_eps_map_preserves_the_score():
     score_map = inv_t(p.R(t))
     np.testing.assert_allclose(inv_t(p.L(t)) @ rec.eps_map, score_map, rtol=0, atol=1e-11 * np.abs(score_map).max())
 
+
+
+def test_an_unknown_parameterization_is_a_settings_error():
+    p = ref.build("vp-linear")
+    with pytest.raises(SettingsError, match="parameterization must be 'R' or 'L', got 'Q'"):
+        coefficients.exponential_integrator(p, grid(p), 0, parameterization="Q")
 
 # ---- #8 stochastic coefficients --------------------------------------------------------------------
 

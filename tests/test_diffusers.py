@@ -13,7 +13,7 @@ import torch
 import gddim
 import gddim.exact
 from gddim.diffusers import DiscreteVP, GDDIMScheduler, load_unet_eps, time_of_alpha_bar
-from gddim.errors import CheckpointError
+from gddim.errors import CheckpointError, MissingFileError, SettingsError
 from gddim.noise_levels import ZERO_SNR_STAND_IN
 
 S2 = 0.25  # variance of the Gaussian toy data x_0 ~ N(0, S2)
@@ -270,20 +270,20 @@ def test_add_noise_and_velocity_match_ddpm():
     ({"beta_schedule": "sigmoid"}, "beta_schedule"),
 ])
 def test_bad_config_is_a_clear_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SettingsError, match=match):
         GDDIMScheduler(**kwargs)
 
 
 def test_misuse_is_a_clear_error():
     sched = GDDIMScheduler()
     x = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(ValueError, match="set_timesteps"):
+    with pytest.raises(SettingsError, match="set_timesteps"):
         sched.step(x, 999, x)
-    with pytest.raises(ValueError, match="num_inference_steps"):
+    with pytest.raises(SettingsError, match="num_inference_steps"):
         sched.set_timesteps(1001)
     sched.set_timesteps(5)
     sched.step(x, sched.timesteps[0], x)
-    with pytest.raises(ValueError, match="in order"):
+    with pytest.raises(SettingsError, match="in order"):
         sched.step(x, sched.timesteps[3], x)
 
 
@@ -332,6 +332,8 @@ def test_unet_folder_as_eps_model(pipeline_folder):
     other = load_unet_eps(pipeline_folder, process=vp)
     t_vp = time_of_alpha_bar(vp, process.alphas_cumprod[[10, 300, 900]])
     np.testing.assert_allclose(other.timesteps(torch.from_numpy(t_vp)).numpy(), [10, 300, 900], atol=1e-6)
+    with pytest.raises(SettingsError, match="ᾱ outside vp-discrete's range"):  # noisier than timestep N - 1
+        time_of_alpha_bar(process, 0.5 * process.alphas_cumprod[-1])
     x = gddim.sample(process, model, process.prior_sample((2, 1, 8, 8)), nfe=3)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
 
@@ -355,6 +357,17 @@ def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):
     assert array.shape[0] == 3 and (tmp_path / "s.png").stat().st_size > 0
 
 
+
+def test_sample_command_on_a_folder_without_its_schedule_is_one_line(pipeline_folder, tmp_path, capsys):
+    from gddim.cli import main
+
+    folder = tmp_path / "no-schedule"
+    shutil.copytree(pipeline_folder, folder, ignore=shutil.ignore_patterns("scheduler"))
+    assert main(["sample", str(folder), "--nfe", "4", "--n", "2", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gddim sample: error: no scheduler_config.json in {folder} or {folder / 'scheduler'}")
+    assert err.count("\n") == 1 and "scheduler.save_pretrained" in err and not (tmp_path / "s.npz").exists()
+
 def test_unet_folder_converts_v_prediction(pipeline_folder, tmp_path):
     config = json.loads((pipeline_folder / "scheduler" / "scheduler_config.json").read_text())
     model = load_unet_eps(pipeline_folder / "unet", schedule={**config, "prediction_type": "v_prediction"})
@@ -365,11 +378,11 @@ def test_unet_folder_converts_v_prediction(pipeline_folder, tmp_path):
         v = unet(u, torch.tensor([199, 199])).sample
         got = model(u, torch.full((2,), float(model.process.time_of_timestep(199)), dtype=torch.float64))
     torch.testing.assert_close(got, a**0.5 * v + (1 - a) ** 0.5 * u, rtol=1e-5, atol=1e-6)
-    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+    with pytest.raises(MissingFileError, match="scheduler_config.json"):
         load_unet_eps(pipeline_folder / "unet")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(MissingFileError, match="config.json"):
         load_unet_eps(tmp_path)
-    with pytest.raises(ValueError, match="VP"):
+    with pytest.raises(SettingsError, match="VP"):
         load_unet_eps(pipeline_folder, process=gddim.CLD())
 
 

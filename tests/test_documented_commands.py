@@ -35,6 +35,10 @@ TRAINED_SMOKE = ("--steps", "2", "--batch", "8", "--n", "4", "--eval-batch", "4"
                  "--claims-n", "4", "--claims-seeds", "2", "--claims-max-nfe", "10", "--device", "cpu", "--quiet")
 FASHION_OUT = ("--out", "benchmarks/trained_fashion-mnist")  # the script's default folder holds measured results
 PEERS_SMOKE = ("--nfe", "5", "--batch", "4", "--n-data", "100", "--rtol", "1e-6")
+PEERS_DIGITS = "python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits"
+PEERS_FASHION = ("python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
+                 "benchmarks/peers_fashion-mnist")
+VP_DEFAULTS_SMOKE = ("--rtol", "1e-6", "--grids", "quadratic,trailing", "--samplers", "gddim,gddim:q=2")
 QUICKSTART = "gddim quickstart --out runs/quickstart"
 FAST_VARIANTS_SMOKE = ("--processes", "vp", "--batch", "4", "--rtol", "1e-4")
 
@@ -77,10 +81,15 @@ SMOKE = {
               after=TRAINED_DIGITS),
     "OMP_NUM_THREADS=1 python benchmarks/bdm_gap.py --out benchmarks/bdm_gap":
         Smoke(("--n-data", "50", "--batch", "4", "--nfe", "10"), needs="fashion-mnist"),
-    "python benchmarks/peers.py --dataset digits --out benchmarks/peers_digits": Smoke(PEERS_SMOKE),
-    "python benchmarks/peers.py --dataset fashion-mnist --image-size 16 --n-data 2000 --out "
-    "benchmarks/peers_fashion-mnist": Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
+    PEERS_DIGITS: Smoke(PEERS_SMOKE),
+    PEERS_FASHION: Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
     "python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json": Smoke(("--quick",)),
+    # reads the smoke-size peers run (its data, batch, seed and NFEs) that the entry named in `after` writes
+    "python benchmarks/vp_defaults.py --peers benchmarks/peers_digits/results.json --out "
+    "benchmarks/vp_defaults/digits.json": Smoke(VP_DEFAULTS_SMOKE, after=PEERS_DIGITS),
+    "python benchmarks/vp_defaults.py --peers benchmarks/peers_fashion-mnist/results.json --out "
+    "benchmarks/vp_defaults/fashion-mnist.json": Smoke(VP_DEFAULTS_SMOKE, needs="fashion-mnist", after=PEERS_FASHION,
+                                                       slow=True),
     "python benchmarks/peers_flow.py --dataset digits --out benchmarks/peers_flow_digits": Smoke(PEERS_SMOKE),
     "gddim bench exact --dataset digits --out benchmarks/exact_digits --threads 1":
         Smoke(("--quick", "--data-points", "100", "--nfes", "5", "10", "--batch", "4", "--rtol", "1e-6")),

@@ -3,7 +3,6 @@ Dirac and Gaussian data, q = 0 against the Euler step of flow matching, converge
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 import gddim
 from gddim.cli import main
-from gddim.errors import SettingsError
+from gddim.errors import ImmutableError, SettingsError
 from gddim.exact import exact_data, dirac_eps
 from gddim.processes import EPS_MODEL_T_START, FlowMatching, LinearSDE, make_process, process_from_config
 from gddim.checkpoints import load_checkpoint
@@ -52,7 +51,7 @@ def test_closed_forms_match_the_generic_ode_solve():
 
 def test_process_is_immutable_registered_and_checked():
     flow = FlowMatching(t_start=0.95, t_end=1e-2)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ImmutableError, match=r"cannot set FlowMatching\.t_start"):
         flow.t_start = 0.5
     assert process_from_config(json.loads(json.dumps(flow.config()))) == flow
     assert make_process("flow", (8, 8)) == FlowMatching(t_start=EPS_MODEL_T_START)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from gddim.errors import SettingsError
 from gddim.flow_scheduler import GDDIMFlowScheduler
 
 SHAPE = (2, 4, 6, 6)
@@ -190,15 +191,15 @@ def test_refusals_and_warnings_name_the_key():
                         (dict(use_flow_sigmas=False), "use_flow_sigmas"), (dict(solver_order=5), "solver_order"),
                         (dict(time_shift_type="cubic"), "time_shift_type"), (dict(lam=2.0), "lam"),
                         (dict(use_karras_sigmas=True, use_beta_sigmas=True), "use_karras_sigmas")]:
-        with pytest.raises(ValueError, match=key):
+        with pytest.raises(SettingsError, match=key):
             GDDIMFlowScheduler(**config)
     with pytest.warns(UserWarning, match="stochastic_sampling"):
         GDDIMFlowScheduler(stochastic_sampling=True)
     with pytest.warns(UserWarning, match="flow_shift=2.0 is ignored"):
         assert GDDIMFlowScheduler(shift=3.0, flow_shift=2.0).config.shift == 3.0
-    with pytest.raises(ValueError, match="mu"):
+    with pytest.raises(SettingsError, match="mu"):
         GDDIMFlowScheduler(use_dynamic_shifting=True).set_timesteps(4)
-    with pytest.raises(ValueError, match="interpolation='logsnr'"):
+    with pytest.raises(SettingsError, match="interpolation='logsnr'"):
         GDDIMFlowScheduler(interpolation="logsnr").set_timesteps(4)
-    with pytest.raises(ValueError, match="set_timesteps"):
+    with pytest.raises(SettingsError, match="set_timesteps"):
         GDDIMFlowScheduler().step(start(), 1000.0, start())

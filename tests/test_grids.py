@@ -46,6 +46,52 @@ def test_logsnr_grid_is_uniform_in_log_snr(name):
     np.testing.assert_allclose(steps, total / 20, rtol=1e-9)
 
 
+@pytest.mark.parametrize("name", ref.PROCESS_NAMES)
+def test_karras_grid_is_uniform_in_a_root_of_sigma(name):
+    """The 'karras' grid: σ^{1/7} with σ = exp(-λ/2) (VP: √((1-ᾱ)/ᾱ)) falls in equal steps from t_start to t_end."""
+    process = ref.build(name)
+    ts = time_grid(process, 12, "karras")
+    roots = np.exp(-process.log_snr(ts) / 14)
+    a, b = np.exp(-process.log_snr(np.array([process.t_start, process.t_end])) / 14)
+    np.testing.assert_allclose(roots, a + np.arange(13) / 12 * (b - a), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["vp-linear", "vp-cosine"])
+def test_vp_time_of_log_snr_closed_form_matches_bisection(name):
+    """VP inverts its log-SNR in closed form; the generic bisection of LinearProcess finds the same times, the
+    result increases as λ falls, and λ(t) maps back to itself at the end points and in between."""
+    process = ref.build(name)
+    times = np.concatenate([[process.t_end], np.linspace(process.t_end, process.t_start, 41)[1:-1], [process.t_start]])
+    lam = process.log_snr(times)
+    closed = process.time_of_log_snr(lam)
+    bisected = gddim.LinearProcess.time_of_log_snr(process, lam, 0.5 * process.t_end, process.t_start)
+    np.testing.assert_allclose(closed, times, rtol=1e-11)
+    np.testing.assert_allclose(bisected, closed, rtol=1e-11)
+    assert np.all(np.diff(closed) > 0)
+    np.testing.assert_allclose(process.log_snr(closed), lam, rtol=1e-11, atol=1e-11)
+
+
+def test_karras_grid_of_vp_matches_the_peers_sigma_ramp():
+    """On VP the grid's σ = √((1-ᾱ)/ᾱ) is Karras' ramp from σ(t_start) to σ(t_end) with ρ = 7."""
+    process = gddim.VP()
+    n = 10
+    ts = time_grid(process, n, "karras")
+    ab = np.exp(process.log_alpha_bar(ts))
+    s_max, s_min = (np.sqrt((1 - a) / a) for a in np.exp(process.log_alpha_bar(np.array([1.0, 1e-3]))))
+    ramp = (s_max ** (1 / 7) + np.arange(n + 1) / n * (s_min ** (1 / 7) - s_max ** (1 / 7))) ** 7
+    np.testing.assert_allclose(np.sqrt((1 - ab) / ab), ramp, rtol=1e-12)
+
+
+@pytest.mark.parametrize("grid", ["logsnr", "karras"])
+def test_log_snr_grids_need_finite_ends(grid):
+    """Flow matching has log-SNR -inf at t = 1: the log-SNR grids refuse that start and work from just below it."""
+    process = gddim.FlowMatching()
+    with pytest.raises(gddim.errors.SettingsError, match="finite log-SNR"):
+        time_grid(process, 5, grid)
+    ts = time_grid(process, 5, grid, t_start=0.999)
+    assert ts[0] == 0.999 and ts[-1] == process.t_end and np.all(np.diff(ts) < 0)
+
+
 def test_grid_respects_t_start_and_t_end():
     process = ref.build("vp-linear")
     ts = time_grid(process, 5, "quadratic", t_start=0.5, t_end=0.01)

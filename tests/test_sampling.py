@@ -15,7 +15,7 @@ import torch
 
 import gddim
 from gddim import blocks, coefficients
-from gddim.exact import dirac_eps, gaussian_eps, gaussian_gain, marginal_cov
+from gddim.exact import dirac_eps, gaussian_eps, gaussian_gain, isotropic_data_cov, marginal_cov
 from gddim.grids import steps_for_nfe, time_grid
 from gddim.sampling import SamplerError, run_recursion
 
@@ -83,8 +83,7 @@ def cld_gaussian_law(rec, variance: float = 0.3, data_mean: float = 0.0):
     """propagate() for CLD with 1-D data x_0 ~ N(data_mean, variance), from the exact marginal at rec's first time,
     with the engine's Gaussian gain E_t = R_tᵀ C_t⁻¹ (the network's ε is in R-coordinates)."""
     process = ref.build("cld")
-    data_cov = np.zeros((1, 2, 2))
-    data_cov[0, 0, 0] = variance
+    data_cov = isotropic_data_cov(process, variance)
     mean_of = lambda t: process.mean_coef(t)[:, 0] @ np.array([data_mean, 0.0])
     gains = gaussian_gain(process, rec.times, data_cov)[:, 0]
     t0 = rec.times[:1]

@@ -12,6 +12,7 @@ import torch
 import gddim
 import gddim.exact
 from gddim.diffusers import GDDIMScheduler
+from gddim.errors import SettingsError
 from gddim.grid_files import grid_record, write_grid_file
 from gddim.scheduler_options import NEUTRAL, REPLACED, init_keys
 from gddim.tuning import tune_grid
@@ -88,7 +89,7 @@ def test_a_tuned_grid_file_sets_the_levels(tmp_path):
     want = gddim.sample(process, exact, x, nfe=6, grid=str(path))
     assert (got - x).abs().max() > 0.1
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="tuned for the process"):
+    with pytest.raises(SettingsError, match="tuned for the process"):
         GDDIMScheduler(beta_schedule="squaredcos_cap_v2").set_timesteps(timesteps=path)
 
 
@@ -150,19 +151,19 @@ def test_zero_terminal_snr_is_exact_for_dirac_data(options, kind):
     ({"clip_sample": "yes"}, "clip_sample"), ({"variance_type": "learned_sometimes"}, "variance_type"),
 ])
 def test_impossible_options_are_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SettingsError, match=match):
         GDDIMScheduler(**kwargs)
 
 
 def test_set_timesteps_refuses_what_it_cannot_do():
     sched = GDDIMScheduler(use_karras_sigmas=True)
-    with pytest.raises(ValueError, match="use_karras_sigmas chooses the levels"):
+    with pytest.raises(SettingsError, match="use_karras_sigmas chooses the levels"):
         sched.set_timesteps(timesteps=[999, 500])
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(SettingsError, match="exactly one"):
         GDDIMScheduler().set_timesteps(5, sigmas=[10.0, 1.0])
-    with pytest.raises(ValueError, match="within the training schedule"):
+    with pytest.raises(SettingsError, match="within the training schedule"):
         GDDIMScheduler().set_timesteps(sigmas=[1e4, 1.0])
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(SettingsError, match="integers"):
         GDDIMScheduler().set_timesteps(timesteps=[900.5, 10])
 
 

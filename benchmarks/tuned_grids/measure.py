@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 import gddim
-from gddim.bench.records import benchmark_images, machine_info, rms_error, write_json
+from gddim.atomic import write_json
+from gddim.bench.records import benchmark_images, machine_info, rms_error
 from gddim.grids import steps_for_nfe
 from gddim.processes import make_process
 from gddim.checkpoints import load_checkpoint

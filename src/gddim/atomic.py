@@ -1,7 +1,9 @@
-"""Files written so that a crash, a kill or a full disk leaves the old version or the new one, never half of one."""
+"""Files written so that a crash, a kill or a full disk leaves the old version or the new one, never half of one;
+JSON records read back with their format and version checked."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -51,7 +53,33 @@ def fsync_file(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
+    """obj as JSON (UTF-8, a final newline) written atomically; its folder is made if missing."""
+    path = Path(path).expanduser()
+    make_folder(path.parent)
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_json_record(path: Path, kind: str, format_name: str, version: int, error: type[Exception],
+                     advice: str = "") -> dict:
+    """The JSON object in path, refused with `error` (naming the file) unless it is valid JSON whose "format" is
+    format_name and whose "version" is version (a file that cannot be read is a UserFileError); `advice` ends the
+    message of a file of another format."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserFileError(f"{kind} {path} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{kind} {path} is corrupt (not valid JSON: {err})") from None
+    if not isinstance(record, dict) or record.get("format") != format_name:
+        raise error(f"{path} is not a gddim {kind} (no \"format\": \"{format_name}\"){advice}")
+    if record.get("version") != version:
+        raise error(f"{kind} {path} has version {record.get('version')!r}; this gddim reads {version}")
+    return record
 
 
 def make_folder(path: Path) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+BISECTION_HALVINGS = 64  # from a unit interval, 64 halvings reach float64 resolution
+
 
 def eye(m: int, k: int) -> np.ndarray:
     return np.broadcast_to(np.eye(k), (m, k, k)).copy()
@@ -47,13 +49,18 @@ def solve_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return transpose(np.linalg.solve(transpose(b), transpose(a)))
 
 
+def eps_drift(ggt: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """½ GGᵀ K⁻ᵀ for blocks GGᵀ and a square root K of Σ: ε's term in the probability-flow drift and in R's ODE."""
+    return 0.5 * ggt @ transpose(np.linalg.inv(root))
+
+
 def to_torch(a: np.ndarray, mode_shape: tuple[int, int], dtype=torch.float64, device=None) -> torch.Tensor:
     """(..., M, k, k) float64 numpy -> (..., k, k, h, w) torch in the model's dtype."""
     *lead, m, k, _ = a.shape
     h, w = mode_shape
     if m != h * w:
         raise ValueError(f"block array has {m} modes but the mode shape is {mode_shape}")
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, (-3), -1)))  # (..., k, k, M)
+    t = torch.tensor(np.moveaxis(a, -3, -1))  # (..., k, k, M), a copy: plans kept in memory are read-only
     return t.reshape(*lead, k, k, h, w).to(dtype=dtype, device=device)
 
 
@@ -71,3 +78,17 @@ def add_applied(out: torch.Tensor, block: torch.Tensor, y: torch.Tensor) -> torc
     if block.shape[-3] == 1:
         return torch.addcmul(out, block[None] if block.ndim == 4 else block, y)
     return out + apply(block, y)
+
+
+def invert_decreasing(f, targets, lo: float, hi: float) -> np.ndarray:
+    """The times t in [lo, hi] with f(t) = targets for a function f decreasing in t, by vectorized bisection.
+
+    f takes and returns float64 arrays of the targets' shape; a target outside f's range ends at lo or hi.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    lo, hi = np.full_like(targets, lo), np.full_like(targets, hi)
+    for _ in range(BISECTION_HALVINGS):
+        mid = 0.5 * (lo + hi)
+        above = f(mid) > targets
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return 0.5 * (lo + hi)

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_folder, atomic_write_text, is_temp
+from .atomic import atomic_folder, atomic_write_text, is_temp, read_json_record, write_json
 from .data import BUILT_IN_DATA
 from .errors import CheckpointError, MissingFileError, OutputExistsError, SettingsError
 from .networks import EpsModel
@@ -113,7 +113,7 @@ def save_checkpoint(out_dir: Path, meta: dict, model: torch.nn.Module, ema: torc
             tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
             torch.save({"optimizer": optimizer.state_dict(), "step": meta["step"]}, tmp / STATE)
-            (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
+            write_json(tmp / CONFIG, meta, indent=2)
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.iterdir():  # older checkpoints, leftovers of crashed writes
         if old.name != name and (old.name.startswith("step_") or is_temp(old.name)):
@@ -152,14 +152,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint (run folder or checkpoint folder); corrupt or foreign files give a CheckpointError."""
     folder = find_checkpoint(path)
-    try:
-        meta = json.loads((folder / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise CheckpointError(f"checkpoint {folder}: {CONFIG} is corrupt or unreadable ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / CONFIG} is not a gddim checkpoint (no \"format\": \"{FORMAT}\")")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{folder} has checkpoint version {meta.get('version')}; this gddim reads {VERSION}")
+    meta = read_json_record(folder / CONFIG, "checkpoint", FORMAT, VERSION, CheckpointError)
     for record in ("process", "network"):
         if not isinstance(meta.get(record), dict):
             raise CheckpointError(f"{folder / CONFIG} lacks its \"{record}\" record")

@@ -17,8 +17,13 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from . import blocks
+from .errors import SettingsError
 from .processes import LinearProcess
 
+GAUSS_POINTS = 8  # per panel of the Gauss-Legendre rule (fewer on long grids: grid_quadrature)
+# panels over a whole grid: one 8-point panel per step misses BDM's blur transition by 2e-3 at NFE 5
+MIN_PANELS_PER_GRID = 64
+L_PANELS_PER_STEP = 16  # the L integrand has no antiderivative to integrate by parts: finer panels
 KERNEL_CHUNK_ENTRIES = 1 << 18  # 2 MB of float64 per kernel chunk: small temporaries are reused, large ones page-fault
 
 
@@ -162,16 +167,18 @@ def by_parts(nodes: np.ndarray, t: np.ndarray, s: np.ndarray, tau: np.ndarray, w
     return C
 
 
-def step_quadrature(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The by-parts rule of a grid: ≥ 64 panels of 8 points in all (one 8-point panel per step misses BDM's blur
-    transition by 2e-3 at NFE 5); fewer points per step on long grids, whose steps are short: 6 above 128 steps, 4
-    above 800. Against 16 points per step (VP, CLD, BDM, ε and data form, 129 to 1000 steps) that moves the
-    coefficients by at most 5.6e-10 relative (BDM, 801 steps), most by < 3e-11."""
+def grid_quadrature(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The by-parts rule of a grid: ≥ MIN_PANELS_PER_GRID panels of GAUSS_POINTS points in all; fewer points per
+    step on long grids, whose steps are short: 6 above 128 steps, 4 above 800. Against 16 points per step (VP, CLD,
+    BDM, ε and data form, 129 to 1000 steps) that moves the coefficients by at most 5.6e-10 relative (BDM, 801
+    steps), most by < 3e-11."""
     n = len(t)
-    return gauss_legendre(t, s, panels=-(-64 // n), points=8 if n <= 128 else 6 if n <= 800 else 4)
+    points = GAUSS_POINTS if n <= 128 else 6 if n <= 800 else 4
+    return gauss_legendre(t, s, panels=-(-MIN_PANELS_PER_GRID // n), points=points)
 
 
-def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1, points: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def gauss_legendre(t: np.ndarray, s: np.ndarray, panels: int = 1,
+                   points: int = GAUSS_POINTS) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and signed weights (n, points*panels) of ∫_t^s; panels are geometric since integrands vary on the
     scale of τ.
 
@@ -206,21 +213,21 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         if order == 0:
             C[:, 0] = boundary
         else:
-            tau, w = step_quadrature(t, s)
+            tau, w = grid_quadrature(t, s)
             m = tau.shape[1]
 
             def psi_r(rows):
                 nodes = tau[rows].ravel()
-                return blocks.matmul(process.psi(np.repeat(s[rows], m), nodes), process.R(nodes)).reshape(-1, m, *A.shape[1:])
+                kernel = blocks.matmul(process.psi(np.repeat(s[rows], m), nodes), process.R(nodes))
+                return kernel.reshape(-1, m, *A.shape[1:])
 
             built = by_parts_all_steps(ts, warmup_degrees(n, order), (0,), A @ Rt[:-1], Rt[1:], tau, w, psi_r)[0]
             C[:, : built.shape[1]] = built  # runs shorter than q + 1 steps leave the top orders at zero
     elif parameterization == "L":
-        panels = 16
-        tau, w = gauss_legendre(t, s, panels)
+        tau, w = gauss_legendre(t, s, L_PANELS_PER_STEP)
         p = tau.shape[1]
         flat = tau.ravel()
-        integrand = process.psi(np.repeat(s, p), flat) @ (0.5 * process.GGT(flat) @ blocks.transpose(np.linalg.inv(process.L(flat))))
+        integrand = process.psi(np.repeat(s, p), flat) @ process.eps_drift(flat, "L")
         integrand = integrand.reshape(n, p, *A.shape[1:])
         for idx, nodes in _history_nodes(ts, warmup_degrees(n, order)):
             value, _ = lagrange_basis(nodes, tau[idx])
@@ -228,7 +235,7 @@ def exponential_integrator(process: LinearProcess, ts: np.ndarray, order: int = 
         # ε_L = Lᵀ R⁻ᵀ ε_R (MATH §1.3): the same network drives the L-coefficients
         eps_map = blocks.transpose(np.linalg.solve(process.R(t), process.L(t)))
     else:
-        raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
+        raise SettingsError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
     return Recursion(times=t, next_times=s, A=A, C=C, eps_map=eps_map)
 
 
@@ -286,11 +293,9 @@ def euler_maruyama(process: LinearProcess, ts: np.ndarray, lam: float) -> Recurs
     """
     t, s = ts[:-1], ts[1:]
     h = (s - t)[:, None, None, None]
-    eye = blocks.eye(process.modes, process.k)
-    ggt = process.GGT(t)
-    A = eye + h * process.F(t)
-    C = ((1 + lam**2) / 2 * h * ggt @ blocks.transpose(np.linalg.inv(process.R(t))))[:, None]
-    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(ggt) if lam > 0 else None
+    A = blocks.eye(process.modes, process.k) + h * process.F(t)
+    C = ((1 + lam**2) * h * process.eps_drift(t))[:, None]
+    S = lam * np.sqrt(np.abs(h)) * blocks.psd_sqrt(process.GGT(t)) if lam > 0 else None
     return Recursion(times=t, next_times=s, A=A, C=C, S=S)
 
 

@@ -29,7 +29,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .coefficients import Recursion
-from .errors import CheckpointError, SettingsError
+from .errors import CheckpointError, MissingFileError, SettingsError
 from .noise_levels import check_sigma_schedule, levels, schedule_process, time_of_alpha_bar, train_alphas_cumprod
 from .processes import VP, DiscreteVP
 from .sampling import Stepper, integrator
@@ -315,11 +315,12 @@ class UNetEps(torch.nn.Module):
     def __init__(self, unet, schedule: DiscreteVP, prediction_type: str = "epsilon", process: VP | None = None):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+            raise SettingsError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
         process = schedule if process is None else process
         if not isinstance(process, VP):
-            raise ValueError(f"a DDPM UNet2DModel predicts the ε of a VP process; got {type(process).__name__} "
-                             "(CLD and BDM models are gddim checkpoints)")
+            raise SettingsError(f"a DDPM UNet2DModel predicts the ε of a VP process; got {type(process).__name__}: "
+                                "pass a VP (or no process, for the model's own schedule); CLD and BDM models are "
+                                "gddim checkpoints")
         self.unet, self.schedule, self.prediction_type, self.process = unet, schedule, prediction_type, process
         size = unet.config.sample_size
         self.data_channels = unet.config.in_channels
@@ -345,7 +346,13 @@ class UNetEps(torch.nn.Module):
 def is_diffusers_folder(path: str | Path) -> bool:
     """Whether path holds a diffusers UNet2DModel (a pipeline folder with unet/, or the model folder itself)."""
     found = _find(Path(path), "unet", "config.json")
-    return found is not None and json.loads(found.read_text()).get("_class_name") == "UNet2DModel"
+    if found is None:
+        return False
+    try:  # an unreadable config.json is left to the checkpoint loader, which names the file and the fault
+        config = json.loads(found.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("_class_name") == "UNet2DModel"
 
 
 def _find(folder: Path, sub: str, name: str) -> Path | None:
@@ -365,12 +372,15 @@ def load_unet_eps(path: str | Path, process: VP | None = None, schedule: dict | 
     folder = Path(path)
     unet_config = _find(folder, "unet", "config.json")
     if unet_config is None:
-        raise FileNotFoundError(f"no UNet2DModel config.json in {folder} or {folder / 'unet'}")
+        raise MissingFileError(f"no UNet2DModel config.json in {folder} or {folder / 'unet'}: name a diffusers "
+                               "pipeline folder (with unet/) or a UNet2DModel folder saved by save_pretrained")
     if schedule is None:
         found = _find(folder, "scheduler", "scheduler_config.json")
         if found is None:
-            raise FileNotFoundError(f"no scheduler_config.json in {folder} or {folder / 'scheduler'}: pass "
-                                    "schedule=<the training scheduler's config dict> to say which ᾱ the model learned")
+            raise MissingFileError(f"no scheduler_config.json in {folder} or {folder / 'scheduler'}, so the ᾱ "
+                                   "schedule the model learned is unknown: save its training scheduler there "
+                                   "(scheduler.save_pretrained), or from Python pass load_unet_eps(..., "
+                                   "schedule=<its config dict>)")
     try:  # a folder made elsewhere: whatever fails to load is named with the folder
         schedule = json.loads(found.read_text()) if schedule is None else schedule
         known = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",

@@ -32,6 +32,10 @@ class SamplerError(GddimError, RuntimeError):
     """The ε-model misbehaved during sampling (NaN, wrong shape)."""
 
 
+class ImmutableError(GddimError, AttributeError):
+    """An attribute of an immutable object (a process) was assigned; the message says to build a new one."""
+
+
 class DependencyError(GddimError, ModuleNotFoundError):
     """An optional package that a requested feature needs is not installed; the message says how to install it."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text, make_folder
+from .atomic import make_folder, write_json
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
 from .errors import MissingFileError, SettingsError
@@ -84,8 +84,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
             if progress:
                 _print_record(record, kept=key in finished)
             if metrics is not None:  # every finished record is on disk: a rerun goes on from here
-                make_folder(metrics.parent)
-                atomic_write_text(metrics, json.dumps(result, indent=2))
+                write_json(metrics, result, indent=2)
     if metrics is not None:
         save_metrics_and_plot(result, metrics.parent)
     return result
@@ -127,8 +126,7 @@ def _print_record(record: dict, kept: bool) -> None:
 
 def save_metrics_and_plot(result: dict, out_dir: Path) -> None:
     """metrics.json (written atomically) and quality_vs_nfe.png of an evaluate() result."""
-    make_folder(out_dir)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    write_json(out_dir / "metrics.json", result, indent=2)
     plot_quality(result, out_dir / "quality_vs_nfe.png")
 
 

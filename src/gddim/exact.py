@@ -98,8 +98,7 @@ def dirac_eps(process: LinearProcess, point: torch.Tensor, parameterization: str
 
 def gaussian_eps(process: LinearProcess, variance: float, parameterization: str = "R") -> EpsFn:
     """The exact ε for data x_0 ~ N(0, variance I): ε = Kᵀ C_t⁻¹ u (MATH §8.4 #10)."""
-    data_cov = np.zeros((process.modes, process.k, process.k))
-    data_cov[:, 0, 0] = variance
+    data_cov = isotropic_data_cov(process, variance)
 
     def eps_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         process.check_state(u)
@@ -109,6 +108,13 @@ def gaussian_eps(process: LinearProcess, variance: float, parameterization: str 
         return process.from_basis(blocks.apply(process.blocks(gain, y), y)).to(u.dtype)
 
     return eps_fn
+
+
+def isotropic_data_cov(process: LinearProcess, variance: float) -> np.ndarray:
+    """C_0 (M, k, k) of clean states for data x_0 ~ N(0, variance I): the variance on x, zero on the velocity."""
+    data_cov = np.zeros((process.modes, process.k, process.k))
+    data_cov[:, 0, 0] = variance
+    return data_cov
 
 
 def class_conditional_eps(per_class: Sequence[EpsFn], null: EpsFn | None = None) -> EpsFn:

@@ -24,6 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .coefficients import Recursion
 from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal
+from .errors import SettingsError
 from .processes import FlowMatching
 from .multistep import check_start
 from .sampling import Stepper, integrator
@@ -114,7 +115,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
                       timesteps: list[float] | None = None) -> None:
         """The σ of each step as FlowMatchEulerDiscreteScheduler computes them, then their coefficients."""
         if self.config.use_dynamic_shifting and mu is None:
-            raise ValueError("use_dynamic_shifting=True needs mu: pass set_timesteps(..., mu=...)")
+            raise SettingsError("use_dynamic_shifting=True needs mu: pass set_timesteps(..., mu=...)")
         levels = self._levels(num_inference_steps, sigmas, mu, timesteps)
         self.num_inference_steps = len(levels)
         self.timesteps = (torch.from_numpy(np.asarray(timesteps, dtype=np.float32)) if timesteps is not None
@@ -122,7 +123,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = torch.cat([torch.from_numpy(levels), torch.zeros(1, dtype=torch.float32)])
         self._times = self.sigmas.double().numpy()
         if np.any(np.diff(self._times) >= 0) or self._times[0] > 1 or self._times[-1] < 0:
-            raise ValueError(f"the sigmas must decrease strictly within [0, 1]; got {self._times.tolist()}")
+            raise SettingsError(f"the sigmas must decrease strictly within [0, 1]; got {self._times.tolist()}")
         self._recursion = self._build(0)
         self._stepper = None
         self._step_index = self._begin_index = None
@@ -131,7 +132,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         """The float32 σ of the model calls (FlowMatchEulerDiscreteScheduler's recipe, step by step)."""
         given = [len(x) for x in (sigmas, timesteps) if x is not None]
         if len(set(given + ([num_inference_steps] if num_inference_steps is not None else []))) != 1:
-            raise ValueError("pass num_inference_steps, sigmas or timesteps; when several are given, of one length")
+            raise SettingsError("pass num_inference_steps, sigmas or timesteps; when several are given, of one length")
         n = given[0] if given else int(num_inference_steps)
         n_train = self.config.num_train_timesteps
         if sigmas is not None:
@@ -156,19 +157,20 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
         matches = (schedule == torch.as_tensor(timestep, device=schedule.device)).nonzero()
         if len(matches) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps {schedule.tolist()}")
+            raise SettingsError(f"timestep {float(timestep)} is not in this scheduler's timesteps {schedule.tolist()}")
         return int(matches[0, 0])
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> GDDIMSchedulerOutput | tuple:
         """One gDDIM step from σ_i to σ_(i+1) given the model's velocity (or data prediction) at σ_i."""
         if self._recursion is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+            raise SettingsError("call set_timesteps(num_inference_steps) before step()")
         if self._step_index is None:
             self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
         i = self._step_index
         if i >= self.num_inference_steps:
-            raise ValueError(f"all {self.num_inference_steps} steps are done; call set_timesteps again for a new loop")
+            raise SettingsError(f"all {self.num_inference_steps} steps are done; "
+                                "call set_timesteps again for a new loop")
         work = torch.promote_types(sample.dtype, torch.float32)  # never step in half precision
         x, out = sample.to(work), model_output.to(work)
         layout = lambda v: v.reshape(1, 1, -1, 1, 1)  # the stepper's (B, k, C, H, W) for one scalar mode
@@ -223,19 +225,19 @@ def _resolve_shift(shift: float, flow_shift: float | None) -> float:
 def _check_config(config) -> None:
     """Refuse what cannot work, warn about what is ignored, each by its key."""
     if config.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {config.prediction_type!r} cannot start at σ = 1, where x_σ is pure noise "
-                         f"and ε says nothing about the data; a flow-matching model predicts one of "
-                         f"{sorted(PREDICTION_TYPES)}")
+        raise SettingsError(f"prediction_type {config.prediction_type!r} cannot start at σ = 1, where x_σ is pure "
+                            f"noise and ε says nothing about the data; a flow-matching model predicts one of "
+                            f"{sorted(PREDICTION_TYPES)}")
     if not config.use_flow_sigmas:
-        raise ValueError("use_flow_sigmas=False asks for a VP schedule; GDDIMFlowScheduler is for flow-matching "
-                         "models (gddim.diffusers.GDDIMScheduler is for VP ones)")
+        raise SettingsError("use_flow_sigmas=False asks for a VP schedule; GDDIMFlowScheduler is for flow-matching "
+                            "models (gddim.diffusers.GDDIMScheduler is for VP ones)")
     if config.invert_sigmas:
-        raise ValueError("invert_sigmas=True runs σ from 0 to 1 (a reversed convention); GDDIMFlowScheduler needs "
-                         "the flow-matching σ from 1 to 0")
+        raise SettingsError("invert_sigmas=True runs σ from 0 to 1 (a reversed convention); GDDIMFlowScheduler needs "
+                            "the flow-matching σ from 1 to 0")
     if config.time_shift_type not in TIME_SHIFT_TYPES:
-        raise ValueError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got {config.time_shift_type!r}")
+        raise SettingsError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got {config.time_shift_type!r}")
     if sum(bool(config[k]) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")) > 1:
-        raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
+        raise SettingsError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
     if config.stochastic_sampling:
         warnings.warn("stochastic_sampling (FlowMatchEuler's re-noising) is not supported and is ignored; "
                       "gDDIM's stochastic sampler is lam in (0, 1]", stacklevel=4)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text, make_folder
-from .errors import SettingsError, UserFileError
+from .atomic import read_json_record, write_json
+from .errors import SettingsError
 from .processes import LinearProcess
 
 FORMAT, VERSION = "gddim-grid", 1
@@ -39,25 +39,13 @@ def grid_record(times: np.ndarray, nfe: int, process: LinearProcess, tuned_on: d
 
 def write_grid_file(path: str | Path, record: dict) -> Path:
     """Write a grid_record atomically (a temporary file renamed into place)."""
-    path = Path(path).expanduser()
-    make_folder(path.parent)
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-    return path
+    return write_json(path, record)
 
 
 def read_grid_file(path: str | Path) -> dict:
     """A grid file's record, every field checked; a clear SettingsError names what is wrong."""
     path = Path(path).expanduser()
-    try:
-        record = json.loads(path.read_text())
-    except OSError as err:
-        raise UserFileError(f"grid file {path} cannot be read ({err.strerror or err})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SettingsError(f"grid file {path} is not valid JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise SettingsError(f"{path} is not a gddim grid file (no \"format\": \"{FORMAT}\"); make one with gddim tune-grid")
-    if record.get("version") != VERSION:
-        raise SettingsError(f"grid file {path} has version {record.get('version')!r}; this gddim reads {VERSION}")
+    record = read_json_record(path, "grid file", FORMAT, VERSION, SettingsError, "; make one with gddim tune-grid")
     missing = [key for key in ("times", "nfe", "steps", "process") if key not in record]
     if missing:
         raise SettingsError(f"grid file {path} lacks the field(s) {missing}")

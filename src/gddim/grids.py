@@ -11,7 +11,10 @@ from .errors import SettingsError
 from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
-GRIDS = ("quadratic", "uniform", "logsnr", "tuned")
+GRIDS = ("quadratic", "uniform", "logsnr", "karras", "tuned")
+KARRAS_RHO = 7.0  # the ρ of Karras et al. (EDM) and of diffusers' use_karras_sigmas
+# how far above t = 1 an explicit grid may start: times found by inverting ᾱ (peers) land up to 3e-8 above 1
+GRID_END_SLACK = 1e-6
 
 
 def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.ndarray:
@@ -23,15 +26,31 @@ def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.n
 
 
 def logsnr_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
-    """Uniform in the process's log-SNR, inverted by vectorized bisection in float64."""
-    targets = np.linspace(process.log_snr(t_start)[0], process.log_snr(t_end)[0], n_steps + 1)
-    lo, hi = np.full_like(targets, t_end), np.full_like(targets, t_start)
-    for _ in range(60):  # log-SNR decreases in t; 60 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_snr(mid) > targets
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    ts = 0.5 * (lo + hi)
-    ts[0], ts[-1] = t_start, t_end
+    """Uniform in the process's log-SNR."""
+    first, last = _log_snr_ends(process, "logsnr", t_start, t_end)
+    return _times_of_log_snr(process, np.linspace(first, last, n_steps + 1), t_start, t_end)
+
+
+def karras_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int,
+                rho: float = KARRAS_RHO) -> np.ndarray:
+    """Uniform in σ^{1/ρ} with σ = exp(-λ/2) the noise-to-signal ratio (VP: √((1-ᾱ)/ᾱ)), Karras et al.'s ramp."""
+    a, b = np.exp(-_log_snr_ends(process, "karras", t_start, t_end) / (2 * rho))
+    roots = a + np.arange(n_steps + 1) / n_steps * (b - a)  # σ^{1/ρ}, and λ = -2ρ log σ^{1/ρ}
+    return _times_of_log_snr(process, -2 * rho * np.log(roots), t_start, t_end)
+
+
+def _log_snr_ends(process: LinearProcess, grid: str, t_start: float, t_end: float) -> np.ndarray:
+    """The log-SNR at t_start and t_end, which the log-SNR grids need finite (flow matching has -inf at t = 1)."""
+    ends = process.log_snr(np.array([t_start, t_end]))
+    if not np.all(np.isfinite(ends)):
+        raise SettingsError(f"grid {grid!r} needs a finite log-SNR at both ends, got {ends[0]:.3g} at t_start={t_start} "
+                            f"and {ends[1]:.3g} at t_end={t_end}: pass t_start below the zero-SNR time, e.g. 0.999")
+    return ends
+
+
+def _times_of_log_snr(process: LinearProcess, targets: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    ts = process.time_of_log_snr(targets, t_end, t_start)
+    ts[0], ts[-1] = t_start, t_end  # exact endpoints despite the inverse's round-off
     return ts
 
 
@@ -47,7 +66,7 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         ts = np.asarray(grid, dtype=np.float64)
         if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):
             raise SettingsError("an explicit grid must be a strictly decreasing 1-D sequence of at least 2 times")
-        if not (0 < ts[-1] and ts[0] <= 1 + 1e-6):  # times found by inverting ᾱ (peers) land up to 3e-8 above 1
+        if not (0 < ts[-1] and ts[0] <= 1 + GRID_END_SLACK):
             raise SettingsError(f"an explicit grid must lie in (0, 1], the processes' time range; got times from "
                              f"{ts[0]:.6g} down to {ts[-1]:.6g}")
         return ts
@@ -63,6 +82,8 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         return power_grid(t_start, t_end, n_steps, 1.0)
     if grid == "logsnr":
         return logsnr_grid(process, t_start, t_end, n_steps)
+    if grid == "karras":
+        return karras_grid(process, t_start, t_end, n_steps)
     if grid == "tuned":
         return tuned_grid(process, n_steps, t_start, t_end)
     raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS}, a grid file or a sequence of times")

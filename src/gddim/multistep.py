@@ -14,8 +14,8 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from . import blocks
-from .coefficients import (Recursion, by_parts_all_steps, hat_psi, noise_root, repeat_predictor,
-                           step_quadrature, warmup_degrees)
+from .coefficients import (Recursion, by_parts_all_steps, grid_quadrature, hat_psi, noise_root, repeat_predictor,
+                           warmup_degrees)
 from .errors import SettingsError
 from .processes import LinearProcess
 
@@ -24,6 +24,7 @@ OUTPUTS = ("eps", "data", "velocity")  # what the model returns: ε_R, the data 
 INTERPOLATIONS = ("t", "sqrt_t", "logsnr")
 FINAL_STEPS = ("integrate", "data")
 LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' multistep schedulers use the same threshold
+LOG_SNR_DIFFERENCE_STEP = 1e-3  # relative to τ: truncation and round-off of the log-SNR derivative both < 1e-11
 
 
 def interpolation_variable(process: LinearProcess, name: str):
@@ -41,7 +42,7 @@ def interpolation_variable(process: LinearProcess, name: str):
         rho = lambda x: process.log_snr(np.ravel(x)).reshape(np.shape(x))
 
         def drho(x):
-            h = 1e-3 * x
+            h = LOG_SNR_DIFFERENCE_STEP * x
             inside = x + 2 * h <= 1  # processes live on t in [0, 1]: near t = 1 the stencil looks back only
             f = [rho(np.where(inside, x, x - 2 * h) + j * h) for j in (-2, -1, 0, 1, 2)]
             central = (8 * (f[3] - f[1]) - (f[4] - f[0])) / (12 * h)
@@ -87,8 +88,8 @@ def hat_psi_pairs(process: LinearProcess, lam: float, span: tuple[float, float])
 
     def rhs(log_time, y):  # in log τ: the rate grows like 1/τ near τ = 0, so steps stay even
         time = np.exp(log_time)
-        r_inv = np.linalg.inv(process.R(time)[0])
-        rate = 0.5 * lam**2 * time * r_inv @ process.GGT(time)[0] @ blocks.transpose(r_inv)
+        # (λ²/2) R⁻¹GGᵀR⁻ᵀ, times τ for the log-time variable
+        rate = lam**2 * time * np.linalg.solve(process.R(time)[0], process.eps_drift(time)[0])
         return (rate @ y.reshape(m, k, k)).ravel()
 
     sol = solve_ivp(rhs, np.log(span), blocks.eye(m, k).ravel(), method="DOP853", rtol=1e-9, atol=1e-12,
@@ -147,7 +148,7 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     t, s = ts[:-1], ts[1:]
     n = len(t)
     rho, drho = interpolation_variable(process, interpolation)
-    tau, w = step_quadrature(t, s)
+    tau, w = grid_quadrature(t, s)
     A, at_t, at_s, kernel = _ends_and_kernel(process, prediction, lam, ts, tau)
     fold = prediction == "data" and output == "eps"  # an ε-model's h = M x̂: M⁻¹ goes into the coefficients
     built = by_parts_all_steps(ts, step_degrees(n, order, lower_order_final), (0, 1) if corrector else (0,),

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import blocks
 from .errors import NetworkConfigError, SettingsError
-from .exact import gaussian_gain
+from .exact import gaussian_gain, isotropic_data_cov
 from .processes import LinearProcess
 
 TIME_SCALE = 999.0  # the network's time label is 999·t (MATH §9.7)
@@ -171,8 +171,7 @@ class EpsModel(nn.Module):
         return self.process.from_basis(blocks.apply(per_sample, self.process.to_basis(u)))
 
     def _gains(self, times: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
-        cov = np.zeros((self.process.modes, self.k, self.k))
-        cov[:, 0, 0] = self.config.gaussian_skip
+        cov = isotropic_data_cov(self.process, self.config.gaussian_skip)
         return blocks.to_torch(gaussian_gain(self.process, times, cov), self.process.mode_shape, dtype, device)
 
     @contextmanager
@@ -183,7 +182,8 @@ class EpsModel(nn.Module):
             yield
             return
         previous = self.gain_table
-        table_times = torch.as_tensor(times, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        time_dtype = torch.promote_types(like.dtype, torch.float32)
+        table_times = torch.tensor(np.asarray(times), dtype=time_dtype, device=like.device)  # plans are read-only
         self.gain_table = (table_times, self._gains(np.asarray(times), like.dtype, like.device))
         try:
             yield

@@ -14,6 +14,7 @@ import diffusers
 import numpy as np
 import scipy.stats
 
+from .blocks import invert_decreasing
 from .errors import SettingsError
 from .grid_files import grid_file_times, read_grid_file
 from .processes import DiscreteVP, VP
@@ -169,10 +170,7 @@ def time_of_alpha_bar(process: VP, alpha_bar, t_max: float = 1.0) -> np.ndarray:
     target = np.log(np.asarray(alpha_bar, dtype=np.float64))
     lowest = float(process.log_alpha_bar(t_max)[0])
     if np.any(target > 0) or np.any(target < lowest):
-        raise ValueError(f"ᾱ outside the process's range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]")
-    lo, hi = np.zeros_like(target), np.full_like(target, t_max)
-    for _ in range(64):  # 64 halvings reach float64 resolution
-        mid = 0.5 * (lo + hi)
-        above = process.log_alpha_bar(mid.ravel()).reshape(mid.shape) > target
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+        raise SettingsError(f"ᾱ outside {process.name}'s range [{np.exp(lowest):.6g}, 1] on t in [0, {t_max}]: "
+                            "ask only for noise levels it reaches (a model's process must stay within the ᾱ of "
+                            "its training schedule)")
+    return invert_decreasing(lambda t: process.log_alpha_bar(t.ravel()).reshape(t.shape), target, 0.0, t_max)

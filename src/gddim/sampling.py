@@ -8,6 +8,7 @@ loop calls it).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .processes import CLD, LinearProcess
 from .spec import METHODS
 
 MAX_ORDER = 3
+# plans kept in memory, shared by equal processes: a sweep over samplers and NFEs reuses tens of them, and a
+# BDM plan at NFE 1000 holds tens of MB
+PLAN_CACHE_SIZE = 32
 
 
 def _check_order_and_lam(order: int, lam: float, prediction: str) -> None:
@@ -118,7 +122,7 @@ def _check_options(process: LinearProcess, method: str, order: int, lam: float, 
 def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None, lam: float | None = None,
          parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None, **options) -> Recursion:
-    """The coefficients of one sampler on one grid, built once in float64 and kept in memory on the process.
+    """The coefficients of one sampler on one grid, built once in float64 and kept in memory (cached_plan).
 
     options: the Multistep fields (prediction, corrector, interpolation, lower_order_final, final_step); unset
     ones and order=None take the defaults of `sample`.
@@ -131,16 +135,25 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
         raise SettingsError("SSCS has its own splitting step; use sample(..., method='sscs')")
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     multistep.check_start(process, ts, fast.output, fast.interpolation)
-    key = (method, order, lam, parameterization, ts.tobytes(), denoise, fast)
-    cache = process.__dict__.setdefault("_plans", {})
-    if key not in cache:
-        rec = integrator(process, ts, method, order, lam, parameterization, fast)
-        if fast.final_step == "data":
-            rec = rec.then(multistep.final_data_step(process, ts[-1], fast.output))
-        elif denoise:
-            rec = rec.then(coefficients.denoising_step(process, ts[-1]))
-        cache[key] = rec
-    return cache[key]
+    times = tuple(ts.tolist())
+    return cached_plan(process, times, method, order, lam, parameterization, denoise, fast)
+
+
+@lru_cache(maxsize=PLAN_CACHE_SIZE)
+def cached_plan(process: LinearProcess, times: tuple[float, ...], method: str, order: int, lam: float,
+                parameterization: str, denoise: bool, options: Multistep) -> Recursion:
+    """The plan of checked settings, kept for the PLAN_CACHE_SIZE latest keys; equal processes (equal configs)
+    share entries, and a process with other parameters is another key (processes are immutable)."""
+    ts = np.array(times)
+    rec = integrator(process, ts, method, order, lam, parameterization, options)
+    if options.final_step == "data":
+        rec = rec.then(multistep.final_data_step(process, ts[-1], options.output))
+    elif denoise:
+        rec = rec.then(coefficients.denoising_step(process, ts[-1]))
+    for array in vars(rec).values():  # a shared entry: no caller may change it for the others
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    return rec
 
 
 def integrator(process: LinearProcess, ts: np.ndarray, method: str = "gddim", order: int = 0, lam: float = 0.0,
@@ -262,8 +275,8 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
     parameterization "R" or "L"), "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family,
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
-    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "tuned" (tuned on exact scores, shipped with
-    gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
+    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "tuned"
+    (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
     The default (no order, no λ): gDDIM of order DEFAULT_ORDER (2; lower when nfe leaves too few steps) with
@@ -369,7 +382,7 @@ def probability_flow(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, t
     def rhs(t, flat):
         y = torch.from_numpy(flat).reshape(y0.shape)
         f = process.blocks(process.F(t)[0], y)
-        drift = process.blocks(0.5 * process.GGT(t)[0] @ np.linalg.inv(process.R(t)[0]).transpose(0, 2, 1), y)
+        drift = process.blocks(process.eps_drift(t)[0], y)
         return (blocks.apply(f, y) + blocks.apply(drift, model(y, t, model.calls))).ravel().numpy()
 
     sol = solve_ivp(rhs, (t_start, t_end), y0.ravel().numpy(), method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)

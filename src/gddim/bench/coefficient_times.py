@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SettingsError
 from ..processes import PROCESSES, make_process
-from ..sampling import plan
+from ..sampling import cached_plan, plan
 from ..spec import SamplerSpec
 from .sweeps import COEFFICIENT_NFES, COEFFICIENT_VARIANTS
 from .records import machine_info
@@ -66,6 +66,7 @@ def _slowest(records: list[dict], processes: tuple[str, ...]) -> dict:
 
 def _cold_build(name: str, nfe: int, spec: SamplerSpec, bdm_image_size: int) -> list[list[float]]:
     """[[wall, cpu] seconds for a fresh process and its first R call, [wall, cpu] for sampling.plan after it]."""
+    cached_plan.cache_clear()  # equal processes share plans: a cold start keeps none from the last repeat
     start = [clock() for _, clock in CLOCKS]
     process = make_process(name, (bdm_image_size, bdm_image_size))
     process.R(process.t_end)

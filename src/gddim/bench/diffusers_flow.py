@@ -32,6 +32,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from .. import sampling
+from ..errors import SettingsError
 from ..exact import exact_data
 from ..grids import time_grid
 from ..processes import FlowMatching
@@ -73,7 +74,7 @@ def make_peer(name: str):
     if name.startswith("dpm++"):
         return diffusers.DPMSolverMultistepScheduler(num_train_timesteps=N_TRAIN, solver_order=int(name[-2]),
                                                      algorithm_type="dpmsolver++", **flow)
-    raise ValueError(f"unknown peer {name!r}; choose one of {PEERS}")
+    raise SettingsError(f"unknown peer {name!r}; choose one of {PEERS}")
 
 
 def velocity_of(data_fn):

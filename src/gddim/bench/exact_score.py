@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_json
 from ..coefficients import denoising_step
 from ..errors import SamplerError, SettingsError
 from ..exact import exact_eps
@@ -27,7 +28,7 @@ from ..sampling import EpsFn, check_sampler, run_recursion, sample
 from ..spec import SamplerSpec
 from .sweeps import NFES, REFERENCE_RTOL
 from .exact_summary import plot_process, summarize
-from .records import benchmark_images, data_error, machine_info, reference_solution, rms_error, write_json
+from .records import benchmark_images, data_error, machine_info, reference_solution, rms_error
 
 ANCESTRAL_PROCESSES = ("vp", "bdm")  # DDPM's and BDM's own sampler; the posterior step = gddim at λ = 1
 POSTERIOR_STEP = SamplerSpec("gddim", lam=1.0)  # what the ancestral records are copied from

@@ -51,29 +51,35 @@ def acceleration_factors(records: list[dict], floors: dict[str, float] | None = 
     return out
 
 
-def l_vs_r(records: list[dict], nfes: tuple[int, ...] = L_VS_R_NFES) -> dict:
-    """Path errors of the R and L parameterizations at the same order and NFE, and their ratio L/R."""
+def _rows_by_nfe(records: list[dict], field: str, nfes: tuple[int, ...], row) -> dict:
+    """{process: {str(nfe): row(table, nfe)}} from each process's {sampler: {nfe: field}} table; empty rows left out."""
     out = {}
     for name in _processes(records):
-        paths = by_sampler(records, name, "path_error")
-        for q in L_VS_R_ORDERS:
-            r_err, l_err = paths.get(f"gddim:q={q}", {}), paths.get(f"gddim:q={q}:param=L", {})
-            for n in (n for n in nfes if n in r_err and n in l_err):
-                out.setdefault(name, {}).setdefault(str(n), {})[f"q={q}"] = {
-                    "R": r_err[n], "L": l_err[n], "L/R": l_err[n] / r_err[n] if r_err[n] else None}
+        table = by_sampler(records, name, field)
+        for n in nfes:
+            if cells := row(table, n):
+                out.setdefault(name, {})[str(n)] = cells
     return out
+
+
+def _l_vs_r_row(paths: dict[str, dict[int, float]], n: int) -> dict:
+    pairs = ((q, paths.get(f"gddim:q={q}", {}), paths.get(f"gddim:q={q}:param=L", {})) for q in L_VS_R_ORDERS)
+    return {f"q={q}": {"R": r[n], "L": l[n], "L/R": l[n] / r[n] if r[n] else None}
+            for q, r, l in pairs if n in r and n in l}
+
+
+def l_vs_r(records: list[dict], nfes: tuple[int, ...] = L_VS_R_NFES) -> dict:
+    """Path errors of the R and L parameterizations at the same order and NFE, and their ratio L/R."""
+    return _rows_by_nfe(records, "path_error", nfes, _l_vs_r_row)
+
+
+def _stochastic_row(errors: dict[str, dict[int, float]], n: int) -> dict:
+    return {s: errors[s][n] for s in DETERMINISTIC_VS_STOCHASTIC if n in errors.get(s, {})}
 
 
 def deterministic_vs_stochastic(records: list[dict], nfes: tuple[int, ...] = SMALL_NFES) -> dict:
     """Data errors of gddim at λ = 0 (q = 0 and 2), 0.5 and 1 at small NFE."""
-    out = {}
-    for name in _processes(records):
-        errors = by_sampler(records, name, "data_error")
-        for n in nfes:
-            row = {s: errors[s][n] for s in DETERMINISTIC_VS_STOCHASTIC if n in errors.get(s, {})}
-            if row:
-                out.setdefault(name, {})[str(n)] = row
-    return out
+    return _rows_by_nfe(records, "data_error", nfes, _stochastic_row)
 
 
 def summarize(records: list[dict], floors: dict[str, float] | None = None) -> dict:

@@ -3,17 +3,14 @@ solution of the probability-flow ODE, the data set, the machine, and the JSON re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
 from ..data import load_images
 from ..errors import DataError
 from ..processes import LinearProcess
@@ -78,11 +75,3 @@ def machine_info(**extra) -> dict:
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0], **extra}
-
-
-def write_json(path: str | Path, obj: dict, indent: int | None = 1) -> Path:
-    """A result file, written atomically (a crash leaves the old file or the new one), its folder made first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-    return path

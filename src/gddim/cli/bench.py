@@ -93,7 +93,7 @@ def run_exact(args) -> int:
 
 def run_coefficients(args) -> int:
     from ..bench.coefficient_times import coefficient_build_times
-    from ..bench.records import write_json
+    from ..atomic import write_json
 
     _prepare(args)
     options = {"processes": args.processes, "nfes": args.nfes, "repeats": args.repeats,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ..atomic import atomic_write_text, make_folder
+from ..atomic import write_json
 from ..errors import SettingsError
 from .options import GRID_NAMES, PROCESSES, device, non_empty, non_negative, nfe_list, order, positive
 
@@ -85,7 +82,6 @@ def run(args) -> int:
         result = {"process": process.config(), "images": source, "split": args.split, "n": len(x),
                   "order": args.order, "grid": args.grid, "model": args.checkpoint or f"exact:{args.exact}",
                   "records": records}
-        out = Path(args.out)
-        atomic_write_text(make_folder(out.parent) / out.name, json.dumps(result, indent=1))
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0

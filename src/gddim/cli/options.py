@@ -18,7 +18,7 @@ PROCESSES = ("vp", "cld", "bdm", "flow")  # the keys of gddim.processes.PROCESSE
 # the exact-score sweeps' default; flow matching is measured by benchmarks/peers_flow.py
 BENCH_PROCESSES = ("vp", "cld", "bdm")
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
-GRID_NAMES = ("quadratic", "uniform", "logsnr", "tuned")  # gddim.grids.GRIDS
+GRID_NAMES = ("quadratic", "uniform", "logsnr", "karras", "tuned")  # gddim.grids.GRIDS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
@@ -144,8 +144,8 @@ def one_of(names):
 def grid_option(parser: argparse.ArgumentParser) -> None:
     """--grid: a named time grid or a grid file (`gddim sample` and `gddim evaluate`)."""
     parser.add_argument("--grid", type=non_empty, default="quadratic", help="time grid: quadratic (default), uniform, "
-                        "logsnr, tuned (shipped, tuned on exact scores) or a grid file from `gddim tune-grid` (tuned "
-                        "for this model and NFE)")
+                        "logsnr, karras, tuned (shipped, tuned on exact scores) or a grid file from `gddim tune-grid` "
+                        "(tuned for this model and NFE)")
 
 
 def data_source(source: str) -> str:

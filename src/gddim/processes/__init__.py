@@ -29,7 +29,7 @@ def process_from_config(config: dict) -> LinearProcess:
     config = dict(config)
     name = config.pop("process", None)
     if name not in _BY_CONFIG_NAME:
-        raise ValueError(f"unknown process {name!r} in config; known: {sorted(_BY_CONFIG_NAME)}")
+        raise SettingsError(f"unknown process {name!r} in config; known: {sorted(_BY_CONFIG_NAME)}")
     return _BY_CONFIG_NAME[name](**config)
 
 

@@ -11,7 +11,8 @@ import numbers
 
 import numpy as np
 
-from .base import LinearProcess, as_times, check_parameter
+from ..errors import SettingsError
+from .base import START_ALPHA_BAR, LinearProcess, as_times, check_parameter, frozen_array
 from .basis import DCTBasis
 
 
@@ -24,19 +25,21 @@ class BDM(LinearProcess):
         sizes = (image_size,) * 2 if isinstance(image_size, numbers.Integral) else tuple(image_size) \
             if isinstance(image_size, (tuple, list)) else ()
         if len(sizes) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes):
-            raise ValueError(f"BDM needs image_size a positive integer or a pair (H, W) of them; got {image_size!r}")
-        check_parameter("BDM", "sigma_blur_max", sigma_blur_max, lambda s: s >= 0, "sigma_blur_max >= 0")
-        check_parameter("BDM", "min_scale", min_scale, lambda d: 0 < d <= 1, "0 < min_scale <= 1")
-        check_parameter("BDM", "offset", offset, lambda o: o >= 0, "offset >= 0 (a negative offset makes G_0² < 0)")
+            raise SettingsError(f"BDM needs image_size a positive integer or a pair (H, W) of them; got {image_size!r}")
+        self.sigma_blur_max = check_parameter("BDM", "sigma_blur_max", sigma_blur_max, lambda s: s >= 0,
+                                              "sigma_blur_max >= 0")
+        self.min_scale = check_parameter("BDM", "min_scale", min_scale, lambda d: 0 < d <= 1, "0 < min_scale <= 1")
+        self.offset = check_parameter("BDM", "offset", offset, lambda o: o >= 0,
+                                      "offset >= 0 (a negative offset makes G_0² < 0)")
         # ints, not numpy integers: the sizes go into config() and from there into JSON
         h, w = (int(s) for s in sizes)
         self.mode_shape = (h, w)
         self.basis = DCTBasis()
-        self.sigma_blur_max, self.min_scale, self.offset = sigma_blur_max, min_scale, offset
-        self.freqs = ((math.pi * np.arange(h) / h)[:, None] ** 2 + (math.pi * np.arange(w) / w)[None, :] ** 2).ravel()
-        self.t_end = t_end
+        self.freqs = frozen_array(((math.pi * np.arange(h) / h)[:, None] ** 2
+                                   + (math.pi * np.arange(w) / w)[None, :] ** 2).ravel())
+        self.t_end = float(t_end)
         # start where σ/α = 80 (MATH §4.3, A.6: t = 0.99597979)
-        self.t_start = self._time_of_alpha_bar(1.0 / (1.0 + 80.0**2)) if t_start is None else t_start
+        self.t_start = self._time_of_alpha_bar(START_ALPHA_BAR) if t_start is None else float(t_start)
 
     def _phase(self, t):
         return (t + self.offset) / (1 + 2 * self.offset) * math.pi / 2

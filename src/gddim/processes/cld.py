@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .base import LinearProcess, as_times, check_parameter
+from .. import blocks
+from ..errors import SettingsError
+from .base import PROCESS_ODE, LinearProcess, as_times, check_parameter
 
 
 class CLD(LinearProcess):
@@ -23,17 +26,16 @@ class CLD(LinearProcess):
 
     def __init__(self, m_inv: float = 4.0, beta_0: float = 4.0, beta_1: float = 0.0, gamma: float = 0.04,
                  eps_num: float = 1e-6, t_end: float = 1e-3, t_start: float = 1.0):
-        check_parameter("CLD", "m_inv", m_inv, lambda m: m > 0, "m_inv > 0 (M⁻¹, the inverse mass)")
-        check_parameter("CLD", "gamma", gamma, lambda g: g >= 0, "gamma >= 0 (v_0 ~ N(0, γM))")
-        check_parameter("CLD", "eps_num", eps_num, lambda e: e >= 0, "eps_num >= 0")
-        check_parameter("CLD", "beta_0", beta_0, lambda b: b > 0, "β(0) = beta_0 > 0")
-        check_parameter("CLD", "beta_1", beta_1, lambda b: beta_0 + b > 0, f"β(1) = beta_0 + beta_1 > 0 (beta_0={beta_0})")
-        self.m_inv, self.beta_0, self.beta_1, self.gamma, self.eps_num = m_inv, beta_0, beta_1, gamma, eps_num
-        self.Gamma = 2.0 / math.sqrt(m_inv)
-        self.t_start, self.t_end = t_start, t_end
-        self.var_x0 = eps_num
-        self.var_v0 = gamma / m_inv + eps_num
-        self._R_solution = None
+        self.m_inv = check_parameter("CLD", "m_inv", m_inv, lambda m: m > 0, "m_inv > 0 (M⁻¹, the inverse mass)")
+        self.gamma = check_parameter("CLD", "gamma", gamma, lambda g: g >= 0, "gamma >= 0 (v_0 ~ N(0, γM))")
+        self.eps_num = check_parameter("CLD", "eps_num", eps_num, lambda e: e >= 0, "eps_num >= 0")
+        self.beta_0 = check_parameter("CLD", "beta_0", beta_0, lambda b: b > 0, "β(0) = beta_0 > 0")
+        self.beta_1 = check_parameter("CLD", "beta_1", beta_1, lambda b: beta_0 + b > 0,
+                                      f"β(1) = beta_0 + beta_1 > 0 (beta_0={beta_0})")
+        self.Gamma = 2.0 / math.sqrt(self.m_inv)
+        self.t_start, self.t_end = float(t_start), float(t_end)
+        self.var_x0 = self.eps_num
+        self.var_v0 = self.gamma / self.m_inv + self.eps_num
 
     def beta(self, t):
         return self.beta_0 + self.beta_1 * as_times(t)
@@ -72,27 +74,26 @@ class CLD(LinearProcess):
     def R0(self) -> np.ndarray:
         return np.diag([math.sqrt(self.var_x0), math.sqrt(self.var_v0)])
 
-    def _solve_R(self):
+    @cached_property
+    def _R_solution(self):
+        """R_t on [0, 1] as a dense ODE solution, solved on the first R call (a fresh process costs nothing)."""
         if self.eps_num <= 0:
-            raise ValueError("R_t needs a non-singular R_0: build CLD with eps_num > 0 (the paper uses 1e-6)")
+            raise SettingsError("R_t needs a non-singular R_0: build CLD with eps_num > 0 (the paper uses 1e-6)")
         ggt = self.GGT(0.0)[0, 0] / self.beta(0.0)[0]
 
         def rhs(t, r):
             r = r.reshape(2, 2)
-            return (self.F(t)[0, 0] @ r + 0.5 * self.beta(t)[0] * ggt @ np.linalg.inv(r).T).ravel()
+            return (self.F(t)[0, 0] @ r + blocks.eps_drift(self.beta(t)[0] * ggt, r)).ravel()
 
-        # an explicit 8th-order solver with a tight tolerance matches Radau to 1e-12 here, 15x faster
-        sol = solve_ivp(rhs, (0.0, 1.0), self.R0().ravel(), method="DOP853", rtol=1e-12, atol=1e-14, dense_output=True)
+        sol = solve_ivp(rhs, (0.0, 1.0), self.R0().ravel(), dense_output=True, **PROCESS_ODE)
         if not sol.success:
             raise RuntimeError(f"the R_t ODE failed: {sol.message}")
         return sol.sol
 
     def R(self, t):
-        if self._R_solution is None:
-            self._R_solution = self._solve_R()
         t = as_times(t)
         if np.any(t < 0) or np.any(t > 1):
-            raise ValueError("CLD's R_t is tabulated on [0, 1]")
+            raise SettingsError("CLD's R_t is tabulated on [0, 1]")
         return self._R_solution(t).T.reshape(-1, 1, 2, 2)
 
     def prior_cov(self):

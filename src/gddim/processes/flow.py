@@ -9,8 +9,6 @@ and with x̂ = u - t v it is exactly the Euler step u + (s - t) v of flow matchi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .base import LinearProcess, as_times, check_parameter
@@ -29,21 +27,17 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
         return top / bottom
 
 
-@dataclass(frozen=True)
 class FlowMatching(LinearProcess):
     """The rectified-flow process on t in [0, 1]; sampling runs from t_start (default 1) to t_end."""
-
-    t_start: float = 1.0
-    t_end: float = 1e-3
 
     name = "flow"
     k = 1
     t_max = 1.0
 
-    def __post_init__(self):
-        check_parameter("FlowMatching", "t_start", self.t_start, lambda t: 0 < t <= 1, "0 < t_start <= 1")
-        check_parameter("FlowMatching", "t_end", self.t_end, lambda t: 0 < t < self.t_start,
-                        f"0 < t_end < t_start (t_start={self.t_start})")
+    def __init__(self, t_start: float = 1.0, t_end: float = 1e-3):
+        self.t_start = check_parameter("FlowMatching", "t_start", t_start, lambda t: 0 < t <= 1, "0 < t_start <= 1")
+        self.t_end = check_parameter("FlowMatching", "t_end", t_end, lambda t: 0 < t < self.t_start,
+                                     f"0 < t_end < t_start (t_start={self.t_start})")
 
     def F(self, t):
         t = as_times(t)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from .base import LinearProcess, as_times, check_parameter
+from ..errors import SettingsError
+from .base import START_ALPHA_BAR, LinearProcess, as_times, check_parameter, frozen_array
 
 
 def _block(x: np.ndarray) -> np.ndarray:
@@ -23,16 +24,19 @@ class VP(LinearProcess):
     def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
                  cosine_s: float = 0.008, t_end: float = 1e-3, t_start: float | None = None):
         if schedule not in ("linear", "cosine"):
-            raise ValueError(f"VP schedule must be 'linear' or 'cosine', got {schedule!r}")
-        check_parameter("VP", "beta_min", beta_min, lambda b: b >= 0, "0 <= beta_min < beta_max (β(t) >= 0)")
-        check_parameter("VP", "beta_max", beta_max, lambda b: b > beta_min, f"0 <= beta_min < beta_max (beta_min={beta_min})")
-        check_parameter("VP", "cosine_s", cosine_s, lambda s: s >= 0, "cosine_s >= 0 (a negative offset makes β(0) < 0)")
-        self.schedule, self.beta_min, self.beta_max, self.cosine_s = schedule, beta_min, beta_max, cosine_s
-        self.t_end = t_end
+            raise SettingsError(f"VP schedule must be 'linear' or 'cosine', got {schedule!r}")
+        self.schedule = schedule
+        self.beta_min = check_parameter("VP", "beta_min", beta_min, lambda b: b >= 0,
+                                        "0 <= beta_min < beta_max (β(t) >= 0)")
+        self.beta_max = check_parameter("VP", "beta_max", beta_max, lambda b: b > beta_min,
+                                        f"0 <= beta_min < beta_max (beta_min={beta_min})")
+        self.cosine_s = check_parameter("VP", "cosine_s", cosine_s, lambda s: s >= 0,
+                                        "cosine_s >= 0 (a negative offset makes β(0) < 0)")
+        self.t_end = float(t_end)
         if t_start is None:
             # the cosine ᾱ reaches 0 at t = 1, so start where σ/α = 80 as BDM does (MATH §4.3)
-            t_start = 1.0 if schedule == "linear" else self._time_of_alpha_bar(1.0 / (1.0 + 80.0**2))
-        self.t_start = t_start
+            t_start = 1.0 if schedule == "linear" else self._time_of_alpha_bar(START_ALPHA_BAR)
+        self.t_start = float(t_start)
 
     def _phase(self, t):
         return (t + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2
@@ -53,9 +57,18 @@ class VP(LinearProcess):
             return self.beta_min + t * (self.beta_max - self.beta_min)
         return np.tan(self._phase(t)) * math.pi / (1 + self.cosine_s)
 
-    def _time_of_alpha_bar(self, alpha_bar: float) -> float:
-        c = math.sqrt(alpha_bar) * math.cos(self._phase(0.0))
-        return math.acos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+    def _time_of_alpha_bar(self, alpha_bar):
+        c = np.sqrt(alpha_bar) * math.cos(self._phase(0.0))
+        return np.arccos(c) * 2 / math.pi * (1 + self.cosine_s) - self.cosine_s
+
+    def time_of_log_snr(self, log_snr, t_low: float = 0.0, t_high: float = 1.0) -> np.ndarray:
+        """Closed form: -log ᾱ = softplus(-λ), then the schedule's inverse (the bounds are not needed)."""
+        minus_log_ab = np.logaddexp(0.0, -np.asarray(log_snr, dtype=np.float64))
+        if self.schedule == "cosine":
+            return self._time_of_alpha_bar(np.exp(-minus_log_ab))
+        # the root of ½(β_max - β_min)t² + β_min t = -log ᾱ, written without cancellation
+        slope = self.beta_max - self.beta_min
+        return 2 * minus_log_ab / (self.beta_min + np.sqrt(self.beta_min**2 + 2 * slope * minus_log_ab))
 
     def F(self, t):
         return _block(-0.5 * self.beta(t))
@@ -97,10 +110,10 @@ class DiscreteVP(VP):
 
     def __init__(self, alphas_cumprod, t_start: float = 1.0, t_end: float | None = None):
         # every VP attribute the methods read is set here; VP's own constructor builds continuous schedules only
-        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        ac = frozen_array(alphas_cumprod)
         if ac.ndim != 1 or len(ac) < 2 or not np.all((ac > 0) & (ac < 1)) or np.any(np.diff(ac) > 0):
-            raise ValueError("alphas_cumprod must be a non-increasing 1-D array of at least 2 values in (0, 1) "
-                             "(zero-terminal-SNR schedules have no finite start)")
+            raise SettingsError("alphas_cumprod must be a non-increasing 1-D array of at least 2 values in (0, 1) "
+                                "(zero-terminal-SNR schedules have no finite start)")
         self.alphas_cumprod = ac
         self.num_train_timesteps = n = len(ac)
         self._log_ab = PchipInterpolator(np.arange(n + 1) / n, np.concatenate([[0.0], np.log(ac)]), extrapolate=False)
@@ -111,7 +124,7 @@ class DiscreteVP(VP):
     def _inside(self, t) -> np.ndarray:
         t = as_times(t)
         if np.any(t < 0) or np.any(t > 1):
-            raise ValueError(f"DiscreteVP is defined on t in [0, 1]; got times in [{t.min():.6g}, {t.max():.6g}]")
+            raise SettingsError(f"DiscreteVP is defined on t in [0, 1]; got times in [{t.min():.6g}, {t.max():.6g}]")
         return t
 
     def log_alpha_bar(self, t) -> np.ndarray:
@@ -119,6 +132,8 @@ class DiscreteVP(VP):
 
     def beta(self, t) -> np.ndarray:
         return -self._d_log_ab(self._inside(t))
+
+    time_of_log_snr = LinearProcess.time_of_log_snr  # VP's closed form does not hold for an interpolated schedule
 
     def time_of_timestep(self, timestep) -> np.ndarray:
         return (np.asarray(timestep, dtype=np.float64) + 1) / self.num_train_timesteps
