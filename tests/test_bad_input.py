@@ -55,7 +55,7 @@ def _one_line_error(args: list[str], capsys) -> str:
     (["train", "--ema", "1"], "argument --ema: must be a finite number in [0, 1), got 1"),
     (["train", "--device", "gpu"], "argument --device: unknown device 'gpu'; use cpu, cuda, cuda:N"),
     (["train", "--process", "ddpm"], "argument --process: invalid choice: 'ddpm'"),
-    (["sample", "run", "--out", "s", "--n", "-3"], "argument --n: must be at least 1, got -3"),
+    (["sample", "run", "--out", "s", "--num-samples", "-3"], "argument --num-samples: must be at least 1, got -3"),
     (["sample", "run", "--out", "s", "--nfe", "ten"], "argument --nfe: expected an integer, got 'ten'"),
     (["sample", "run", "--out", "s", "--order", "5"], "argument --order: must be an integer in 0..3, got 5"),
     (["sample", "run", "--out", "s", "--lam", "2"], "argument --lam: must be a finite number in [0, 1], got 2"),
@@ -73,11 +73,12 @@ def _one_line_error(args: list[str], capsys) -> str:
     (["evaluate", "run", "--out", "e", "--samplers", "gddim:q=2:q=3"], "bad sampler option 'q=3' in 'gddim:q=2:q=3'"),
     (["evaluate", "run", "--out", "e", "--samplers", "ddim"],
      "unknown sampler method 'ddim' in 'ddim'; choose one of gddim, euler, em, ancestral, sscs"),
-    (["evaluate", "run", "--out", "e", "--n", "1"], "argument --n: must be at least 2, got 1"),
-    (["quickstart", "--out", "q", "--n", "5000"], "argument --n: must be an integer in 2..750, got 5000"),
+    (["evaluate", "run", "--out", "e", "--num-samples", "1"], "argument --num-samples: must be at least 2, got 1"),
+    (["quickstart", "--out", "q", "--num-samples", "5000"],
+     "argument --num-samples: must be an integer in 2..750, got 5000"),
     (["invert", "--exact", "digits", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["invert", "--exact", "digits", "--nfe", ""], "argument --nfe: expected a comma-separated list"),
-    (["invert", "--exact", "", "--n", "2"], "argument --exact: expected a path or a name, got an empty string"),
+    (["invert", "--exact", "", "--num-images", "2"], "argument --exact: expected a path or a name, got an empty string"),
     (["bench", "exact", "--out", "b", "--nfes", "0"], "argument --nfes: must be at least 1, got 0"),
     (["bench", "exact", "--out", "b", "--rtol=-1e-3"], "argument --rtol: must be a finite number in (0, inf], got -1e-3"),
     (["bench", "coefficients", "--out", "b", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
@@ -87,7 +88,7 @@ def test_bad_flags_name_the_flag_and_the_value(args, message, capsys):
 
 
 def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys):
-    err = _one_line_error(["invert", "--exact", "digits", "--device", "cuda:99", "--n", "2"], capsys)
+    err = _one_line_error(["invert", "--exact", "digits", "--device", "cuda:99", "--num-images", "2"], capsys)
     assert "--device cuda:99: this machine has" in err
 
 
@@ -111,19 +112,19 @@ def test_bad_config_file_names_the_file_and_the_key(tmp_path, content, message, 
 
 
 def test_sampler_values_are_checked_by_the_sampler_rules(capsys):
-    err = _one_line_error(["invert", "--exact", "digits", "--n-data", "50", "--n", "2", "--order", "3", "--nfe", "2"],
+    err = _one_line_error(["invert", "--exact", "digits", "--n-data", "50", "--num-images", "2", "--order", "3", "--nfe", "2"],
                           capsys)
     assert "too few for order q=3" in err
 
 
-
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "config.json is corrupt or unreadable"), ("[1, 2]", 'is not a gddim checkpoint (no "format"'),
+    ("{not json", "config.json is corrupt (not valid JSON"), ("[1, 2]", 'is not a gddim checkpoint (no "format"'),
 ])
 def test_a_folder_whose_config_json_is_not_an_object_is_one_line(tmp_path, content, message, capsys):
     (tmp_path / "config.json").write_text(content)  # neither a diffusers UNet2DModel folder nor a checkpoint
     err = _one_line_error(["sample", str(tmp_path), "--out", str(tmp_path / "s")], capsys)
     assert str(tmp_path) in err and message in err
+
 
 # ---- run folders -----------------------------------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ def test_step_must_match_the_folder_name(copy):
 def test_a_config_made_by_hand_is_one_line(copy, change, message, capsys):
     config = copy / "checkpoints" / "step_00000001" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
-    err = _one_line_error(["sample", str(copy), "--out", str(copy / "s"), "--n", "2", "--nfe", "4"], capsys)
+    err = _one_line_error(["sample", str(copy), "--out", str(copy / "s"), "--num-samples", "2", "--nfe", "4"], capsys)
     assert str(copy / "checkpoints" / "step_00000001") in err and message in err
 
 
@@ -206,7 +207,7 @@ def test_a_recorded_data_path_is_opened_only_when_named_again(copy, tmp_path, ca
     _record_data(copy, f"cifar10:{crafted}")
     err = _one_line_error(["evaluate", str(copy), "--out", str(tmp_path / "ev")], capsys)
     assert "a path recorded in the run folder" in err and "pass it again with --data PATH" in err
-    err = _one_line_error(["invert", "--checkpoint", str(copy), "--n", "2"], capsys)
+    err = _one_line_error(["invert", "--checkpoint", str(copy), "--num-images", "2"], capsys)
     assert "pass it again with --images PATH" in err
     # named by the user, it is read, and refused as no CIFAR-10 batch
     err = _one_line_error(["evaluate", str(copy), "--data", f"cifar10:{crafted}", "--out", str(tmp_path / "ev")], capsys)

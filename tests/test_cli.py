@@ -100,7 +100,7 @@ def test_files_the_user_names_are_project_errors(tmp_path, capsys):
 @pytest.mark.parametrize("command, message", [
     (["train", "--process", "vp", "--steps", "1", "--out", "{file}"], "output folder {file} exists and holds no resumable"),
     (["quickstart", "--out", "{file}"], "{file} exists and is not a quickstart folder"),
-    (["invert", "--exact", "digits", "--n", "2", "--nfe", "4", "--out", "{file}/r.json"],
+    (["invert", "--exact", "digits", "--num-images", "2", "--nfe", "4", "--out", "{file}/r.json"],
      "cannot make the folder {file} (File exists: {file}); choose another output place"),
 ])
 def test_an_output_place_blocked_by_a_file_is_one_line(command, message, tmp_path, capsys):

@@ -351,7 +351,7 @@ def test_unet_folder_has_the_schedulers_process(pipeline_folder, tmp_path):
 def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):
     from gddim.cli import main
 
-    assert main(["sample", str(pipeline_folder), "--nfe", "4", "--order", "1", "--n", "3", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(pipeline_folder), "--nfe", "4", "--order", "1", "--num-samples", "3", "--out", str(tmp_path / "s")]) == 0
     images = np.load(tmp_path / "s.npz")
     array = images[images.files[0]]
     assert array.shape[0] == 3 and (tmp_path / "s.png").stat().st_size > 0

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from gddim.checkpoints import load_checkpoint
-from gddim.distributed import InterruptFlag, ProcessGroup, gather_rows, process_group, run_on_rank0, shard
+from gddim.distributed import (InterruptFlag, ProcessGroup, gather_rows, gather_to_rank0, process_group, run_on_rank0,
+                               shard)
 
 DDP_SCRIPT = """
 import os, sys, torch
@@ -53,7 +54,7 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
 
 GROUP_SCRIPT = """
 import sys, torch
-from gddim.distributed import from_rank0, gather_rows, process_group, run_on_rank0, shard
+from gddim.distributed import from_rank0, gather_rows, gather_to_rank0, process_group, run_on_rank0, shard
 
 def refuse():
     raise FileExistsError("rank 0 refused")
@@ -62,12 +63,14 @@ with process_group("cpu") as group:
     items = shard(7, group)
     gathered = gather_rows(torch.arange(7.0)[items.start:items.stop, None].repeat(1, 2), group)
     word = from_rank0(f"from rank {group.rank}", group.world)
+    parts = gather_to_rank0(torch.full((2,), 10.0 * group.rank), group)
+    collected = None if parts is None else torch.cat(parts).tolist()
     try:
         run_on_rank0(group, refuse)
         raised = None
     except FileExistsError as err:
         raised = str(err)
-    print("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised, flush=True)
+    print("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised, collected, flush=True)
 """
 
 
@@ -80,8 +83,8 @@ def test_group_helpers_on_two_gloo_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
     everything = [float(i) for i in range(7)]
-    assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused",
-                     f"rank 1 2 [4, 5, 6] {everything} from rank 0 rank 0 refused"]
+    assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused [0.0, 0.0, 10.0, 10.0]",
+                     f"rank 1 2 [4, 5, 6] {everything} from rank 0 rank 0 refused None"]
 
 
 def test_a_single_process_is_a_group_of_one(monkeypatch):
@@ -92,6 +95,7 @@ def test_a_single_process_is_a_group_of_one(monkeypatch):
         assert shard(5, group) == range(5)
         rows = torch.randn(5, 3)
         assert gather_rows(rows, group) is rows
+        assert gather_to_rank0(rows, group) == [rows]
         assert run_on_rank0(group, lambda a, b: a + b, 2, 3) == 5
         with pytest.raises(FileExistsError, match="refused"):
             run_on_rank0(group, refuse)

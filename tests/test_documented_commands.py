@@ -30,6 +30,14 @@ NOT_RUN = {"pip install": "installs packages: CI's .ci/run does that before the 
 TRAINED_DIGITS = "OMP_NUM_THREADS=1 python benchmarks/trained_models.py --dataset digits"
 CIFAR_TRAIN = ("torchrun --standalone --nproc_per_node=8 -m gddim train --config configs/cifar10_cld_paper.json "
                "--data cifar10:/path/to/cifar-10-batches-py --out runs/cifar10_cld_paper")
+CIFAR_NODES_TRAIN = ("torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --nproc_per_node=8 "
+                     "-m gddim train --config configs/cifar10_cld_paper.json --batch 8 "
+                     "--data cifar10:/path/to/cifar-10-batches-py --out runs/cifar10_cld_paper")
+# the commands for several nodes on this one: 1 node of 2 processes, the rendezvous on a free local port
+ON_ONE_NODE = (("--nnodes=2", "--nnodes=1"), ("--rdzv_endpoint=HOST:PORT", "--rdzv_endpoint=localhost:0"),
+               ("--nproc_per_node=8", "--nproc_per_node=2"))
+# the 50k evaluation at smoke size, on the smoke training run's digits
+EVALUATE_SMOKE = ("--nfe", "5", "--num-samples", "4", "--batch", "4", "--shard-size", "2", "--data", "digits")
 # trained_models.py at smoke size: 2 training steps, 4 samples per score, NFE 5 (baselines 10), claims up to NFE 10
 TRAINED_SMOKE = ("--steps", "2", "--batch", "8", "--n", "4", "--eval-batch", "4", "--nfes", "5", "--long-nfes", "10",
                  "--claims-n", "4", "--claims-seeds", "2", "--claims-max-nfe", "10", "--device", "cpu", "--quiet")
@@ -56,7 +64,7 @@ class Smoke:
 
 
 SMOKE = {
-    QUICKSTART: Smoke(("--steps", "2", "--n", "8")),
+    QUICKSTART: Smoke(("--steps", "2", "--num-samples", "8")),
     "python benchmarks/tune_default_grids.py":
         Smoke(("--batch", "4", "--candidates", "8", "--max-steps", "3", "--processes", "vp", "--out",
                "benchmarks/tuned_default_grids")),
@@ -118,11 +126,26 @@ SMOKE = {
     # the paper's CIFAR-10 setting on digits with the tiny network: torchrun, the config file and DDP (gloo) as written
     CIFAR_TRAIN: Smoke(("--data", "digits", "--preset", "tiny", "--steps", "2", "--batch", "4", "--ckpt-every", "1",
                         "--no-progress"), replace=(("--nproc_per_node=8", "--nproc_per_node=2"),)),
+    # several nodes, as one node of two processes: the rendezvous on a free local port
+    CIFAR_NODES_TRAIN: Smoke(("--data", "digits", "--preset", "tiny", "--steps", "2", "--batch", "4", "--ckpt-every", "1",
+                              "--no-progress", "--out", "runs/cifar10_cld_paper_nodes"), replace=ON_ONE_NODE, slow=True),
     # --inception needs torch-fidelity's weights file, which nothing here may download; the rest runs as written
-    "gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --n 50000 --batch 1000 --device cuda "
+    "gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --num-samples 50000 --batch 1000 --device cuda "
     "--data cifar10:/path/to/cifar-10-batches-py --inception /path/to/weights-inception-2015-12-05-6726825d.pth "
-    "--out runs/cifar10_cld_paper/fid50k": Smoke(("--nfe", "5", "--n", "4", "--batch", "4", "--device", "cpu", "--data",
-                                                 "digits"), drop=("--inception",), after=CIFAR_TRAIN),
+    "--out runs/cifar10_cld_paper/fid50k": Smoke(EVALUATE_SMOKE + ("--device", "cpu"), drop=("--inception",),
+                                                 after=CIFAR_TRAIN),
+    "torchrun --standalone --nproc_per_node=8 -m gddim evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 "
+    "--num-samples 50000 --batch 1000 --data cifar10:/path/to/cifar-10-batches-py "
+    "--inception /path/to/weights-inception-2015-12-05-6726825d.pth --out runs/cifar10_cld_paper/fid50k":
+        Smoke(EVALUATE_SMOKE, replace=(("--nproc_per_node=8", "--nproc_per_node=2"),), drop=("--inception",),
+              after=CIFAR_TRAIN),
+    "torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --nproc_per_node=8 -m gddim "
+    "evaluate runs/cifar10_cld_paper --samplers gddim:q=2 --nfe 50 --num-samples 50000 --batch 1000 "
+    "--data cifar10:/path/to/cifar-10-batches-py --inception /path/to/weights-inception-2015-12-05-6726825d.pth "
+    "--out runs/cifar10_cld_paper/fid50k": Smoke(EVALUATE_SMOKE, replace=ON_ONE_NODE, drop=("--inception",),
+                                                 after=CIFAR_TRAIN, slow=True),
+    "python benchmarks/sampling_throughput.py --out benchmarks/sampling_throughput":
+        Smoke(("--num-samples", "8", "--batch", "4", "--shard-size", "4", "--nfe", "4", "--repeats", "1")),
 }
 # benchmark scripts that no README block runs: (command, the documented command whose output it reads)
 UNDOCUMENTED = {

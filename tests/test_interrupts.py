@@ -196,17 +196,6 @@ def test_a_folder_with_files_gddim_did_not_write_is_still_refused(tmp_path, mine
 
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("small") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(gddim.CLD(), load_images("digits")[:256], run, MICRO, TrainConfig(steps=2, batch_size=8, warmup=1,
-          ckpt_every=2, sample_nfe=4), DIGITS, progress=False)
-    torch.set_num_threads(threads)
-    return run
-
-
 EVALUATE = {"samplers": ["gddim:q=1", "ancestral"], "nfes": [4, 6], "n": 8}
 
 
@@ -214,8 +203,8 @@ def without_seconds(result: dict) -> dict:
     return {**result, "records": [{k: v for k, v in r.items() if k != "seconds"} for r in result["records"]]}
 
 
-def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_run, tmp_path, monkeypatch, capsys):
-    fresh = evaluation.evaluate(small_run, **EVALUATE, out_dir=tmp_path / "fresh")
+def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(cld_run, tmp_path, monkeypatch, capsys):
+    fresh = evaluation.evaluate(cld_run, **EVALUATE, out_dir=tmp_path / "fresh")
     real_sampler, calls = evaluation.sample_images, []
 
     def counted(*args, **kwargs):
@@ -226,28 +215,28 @@ def test_an_interrupted_evaluation_keeps_its_records_and_a_rerun_goes_on(small_r
 
     counted.interrupt = True
     monkeypatch.setattr(evaluation, "sample_images", counted)
-    assert main(["evaluate", str(small_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--n", "8",
+    assert main(["evaluate", str(cld_run), "--samplers", "gddim:q=1,ancestral", "--nfe", "4,6", "--num-samples", "8",
                  "--out", str(tmp_path / "split")]) == 130  # Ctrl-C during the third record
     assert f"interrupted; the finished records are in {tmp_path / 'split' / 'metrics.json'}" in capsys.readouterr().err
     kept = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert without_seconds(kept)["records"] == without_seconds(fresh)["records"][:2]
     calls.clear()
     counted.interrupt = False
-    resumed = evaluation.evaluate(small_run, **EVALUATE, out_dir=tmp_path / "split")
+    resumed = evaluation.evaluate(cld_run, **EVALUATE, out_dir=tmp_path / "split")
     assert len(calls) == 2  # only the two unfinished records were sampled
     assert without_seconds(resumed) == without_seconds(fresh)  # records do not depend on what ran before them
     assert without_seconds(json.loads((tmp_path / "split" / "metrics.json").read_text())) == without_seconds(fresh)
     assert (tmp_path / "split" / "quality_vs_nfe.png").is_file()
     calls.clear()
-    other = evaluation.evaluate(small_run, **{**EVALUATE, "n": 10}, out_dir=tmp_path / "split")
+    other = evaluation.evaluate(cld_run, **{**EVALUATE, "n": 10}, out_dir=tmp_path / "split")
     assert len(calls) == 4 and other["n"] == 10  # another evaluation reuses nothing
 
 
 # ---- sample --------------------------------------------------------------------------------------------------
 
-def test_sample_never_overwrites_earlier_output_silently(small_run, tmp_path, capsys):
+def test_sample_never_overwrites_earlier_output_silently(cld_run, tmp_path, capsys):
     prefix = tmp_path / "s"
-    command = ["sample", str(small_run), "--nfe", "4", "--n", "3", "--out", str(prefix)]
+    command = ["sample", str(cld_run), "--nfe", "4", "--num-samples", "3", "--out", str(prefix)]
     assert main(command) == 0
     earlier = {ext: prefix.with_suffix(ext).read_bytes() for ext in (".png", ".npz")}
     capsys.readouterr()

@@ -76,7 +76,7 @@ def test_bad_order_or_nfe_is_a_clear_error():
 def test_invert_command_reports_round_trip_errors(tmp_path, capsys):
     out = tmp_path / "inv.json"
     rc = main(["invert", "--exact", "digits", "--n-data", "200", "--images", "digits", "--split", "train",
-               "--n", "4", "--nfe", "20,80", "--order", "1", "--out", str(out)])
+               "--num-images", "4", "--nfe", "20,80", "--order", "1", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     errors = [r["round_trip_error"] for r in result["records"]]

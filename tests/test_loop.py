@@ -175,7 +175,7 @@ def test_bad_model_options_are_refused(kwargs, message):
 def test_command_line_passes_compile_and_autocast(cld_run, tmp_path, monkeypatch, one_thread):
     """`gddim sample --autocast bf16` samples in half precision; --compile and --autocast reach gddim.sample from
     `gddim evaluate`, whose metrics.json keeps them (a rerun with other options is another evaluation)."""
-    assert main(["sample", str(cld_run), "--nfe", "4", "--n", "4", "--autocast", "bf16", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(cld_run), "--nfe", "4", "--num-samples", "4", "--autocast", "bf16", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s.npz").is_file()
     seen = []
     real_sampler = evaluation.sample_images
@@ -184,7 +184,7 @@ def test_command_line_passes_compile_and_autocast(cld_run, tmp_path, monkeypatch
         return real_sampler(*args, **{**kwargs, "compile": False})  # the options reached it; no C++ build here
     monkeypatch.setattr(evaluation, "sample_images", recording)
     out = tmp_path / "eval"
-    assert main(["evaluate", str(cld_run), "--samplers", "gddim:q=1", "--nfe", "4", "--n", "8", "--compile",
+    assert main(["evaluate", str(cld_run), "--samplers", "gddim:q=1", "--nfe", "4", "--num-samples", "8", "--compile",
                  "--autocast", "fp16", "--out", str(out)]) == 0
     assert seen == [{"compile": True, "autocast": "fp16"}]
     assert json.loads((out / "metrics.json").read_text())["model_options"] == {"compile": True, "autocast": "fp16"}

@@ -7,12 +7,15 @@ from gddim.data import load_images, load_labels
 from gddim.errors import SettingsError
 from gddim.metrics import (
     FeatureNet,
+    FeatureStats,
     available_feature_nets,
+    classifier_features,
     feature_net_info,
     frechet_distance,
     inception_fid,
     load_feature_net,
     real_floor,
+    stats_distance,
 )
 
 
@@ -108,6 +111,24 @@ def test_feature_net_shapes():
     net = FeatureNet(channels=3, image_size=16)
     x = torch.zeros(5, 3, 16, 16)
     assert net.features(x).shape == (5, 64) and net(x).shape == (5, 10)
+
+
+def test_statistics_added_shard_by_shard_give_the_distance_of_all_the_images(net, digits):
+    fake = (digits[:700] + 0.3 * torch.randn(700, 1, 8, 8, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    real, features = digits[700:], classifier_features(net)
+    streamed = FeatureStats()
+    for shard in fake.split(96):  # uneven shards, as a generation's last one is
+        streamed.add(features(shard))
+    assert streamed.count == 700
+    mean, cov = streamed.mean_cov()
+    with torch.no_grad():
+        f_fake = net.features(fake).double()
+    assert torch.allclose(mean, f_fake.mean(0), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(cov, torch.cov(f_fake.T), rtol=1e-9, atol=1e-12)
+    assert stats_distance(FeatureStats.of(real, features), streamed) == pytest.approx(
+        frechet_distance(real, fake, net), rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2 images, got 1"):
+        FeatureStats().add(f_fake[:1]).mean_cov()
 
 
 def test_inception_fid_needs_local_weights_and_torch_fidelity(tmp_path, digits):

@@ -159,9 +159,9 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
     assert meta["process"]["process"] == "bdm" and meta["train"]["lr"] == 0.001 and meta["train"]["steps"] == 2
     assert main(args + ["--lr", "0.01"]) == 2  # another configuration in the same folder
     assert "train.lr" in capsys.readouterr().err
-    assert main(["sample", str(run), "--method", "ancestral", "--nfe", "5", "--n", "6", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(run), "--method", "ancestral", "--nfe", "5", "--num-samples", "6", "--out", str(tmp_path / "s")]) == 0
     assert load_images(str(tmp_path / "s.npz")).shape == (6, 1, 8, 8) and (tmp_path / "s.png").is_file()
-    assert main(["evaluate", str(run), "--samplers", "gddim:q=1,ancestral", "--nfe", "5,8", "--n", "20",
+    assert main(["evaluate", str(run), "--samplers", "gddim:q=1,ancestral", "--nfe", "5,8", "--num-samples", "20",
                  "--out", str(tmp_path / "ev")]) == 0
     result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert [(r["label"], r["nfe"]) for r in result["records"]] == [("gddim:q=1", 5), ("gddim:q=1", 8),
@@ -175,7 +175,7 @@ def test_cli_train_sample_evaluate(tmp_path, capsys):
 
 def test_cli_quickstart_reduced(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--steps", "4", "--n", "20"]) == 0
+    assert main(["quickstart", "--out", str(out), "--steps", "4", "--num-samples", "20"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "metrics.json").read_text())
     assert {(r["label"], r["nfe"]) for r in result["records"]} == {(label, nfe) for label in ("gddim", "gddim:q=2", "em")

@@ -188,9 +188,9 @@ def test_cli_tune_grid_sample_evaluate(tmp_path, capsys):
     assert main(tune) == 2 and "exists" in capsys.readouterr().err  # never overwrites
     assert main([*tune[:5], str(tmp_path / "g2.json"), "--nfe", "20", "--candidates", "12"]) == 2
     assert "use candidates >= 20" in capsys.readouterr().err
-    assert main(["sample", str(run), "--grid", str(grid), "--nfe", "5", "--n", "3", "--out", str(tmp_path / "s")]) == 0
-    assert main(["sample", str(run), "--grid", str(grid), "--nfe", "6", "--n", "3", "--out", str(tmp_path / "s6")]) == 2
+    assert main(["sample", str(run), "--grid", str(grid), "--nfe", "5", "--num-samples", "3", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(run), "--grid", str(grid), "--nfe", "6", "--num-samples", "3", "--out", str(tmp_path / "s6")]) == 2
     assert "tuned for nfe=5, not nfe=6" in capsys.readouterr().err
-    assert main(["evaluate", str(run), "--grid", str(grid), "--samplers", "gddim:q=1", "--nfe", "5", "--n", "20",
+    assert main(["evaluate", str(run), "--grid", str(grid), "--samplers", "gddim:q=1", "--nfe", "5", "--num-samples", "20",
                  "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["grid"] == str(grid)

@@ -118,6 +118,15 @@ def gather_rows(rows: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     return torch.cat([part[:int(size)] for part, size in zip(parts, sizes)])
 
 
+def gather_to_rank0(tensor: torch.Tensor, group: ProcessGroup) -> list[torch.Tensor] | None:
+    """Every rank's tensor (equal shapes), in rank order, on rank 0 only (None elsewhere): rank 0 alone holds them."""
+    if group.world == 1:
+        return [tensor]
+    parts = [torch.empty_like(tensor) for _ in range(group.world)] if group.is_main else None
+    dist.gather(tensor, parts, dst=0)
+    return parts
+
+
 class InterruptFlag:
     """A stop signal sets a flag instead of raising mid-update; a loop stops at its next boundary."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -109,7 +110,8 @@ class _Features(nn.Module):
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000) -> float:
     """Fréchet distance between real and fake images (N, C, H, W) in [-1, 1] in feature_net's feature space.
 
-    torchmetrics accumulates the feature sums and covariances and takes the distance in float64.
+    torchmetrics accumulates the feature sums and covariances and takes the distance in float64. Under torchrun
+    its compute() gathers from every rank, so one rank alone would wait forever: there use FeatureStats.
     """
     for name, x in (("real", real), ("fake", fake)):
         if x.shape[0] < 2:
@@ -150,6 +152,16 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
     Needs the torch-fidelity package and its weights file (weights-inception-2015-12-05-6726825d.pth);
     nothing is downloaded. Grayscale images are repeated to three channels.
     """
+    # Inception runs in float32 as the reference implementation does; torchmetrics keeps the sums in float64
+    metric = _inception_metric(weights_path, device)
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(batch_size):
+                metric.update(_inception_pixels(chunk).to(device), real=is_real)
+        return float(metric.compute())
+
+
+def _inception_metric(weights_path: str | Path, device) -> FrechetInceptionDistance:
     weights_path = Path(weights_path).expanduser()
     if not weights_path.is_file():
         raise MissingFileError(f"Inception weights {weights_path} do not exist; pass a local copy of "
@@ -159,11 +171,68 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
             "standard Inception FID needs the torch-fidelity package: `pip install torch-fidelity`, then pass "
             f"the path of a local {INCEPTION_WEIGHTS_FILE} as the weights path"
         )
-    # Inception runs in float32 as the reference implementation does; torchmetrics keeps the sums in float64
-    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_path)).to(device)
-    with torch.no_grad():
-        for images, is_real in ((real, True), (fake, False)):
+    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_path)).to(device)
+
+
+def _inception_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 RGB, what torch-fidelity's Inception takes."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+# ---- statistics accumulated shard by shard -------------------------------------------------------------------
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def classifier_features(feature_net: FeatureNet) -> FeatureFn:
+    """Images (N, C, H, W) in [-1, 1] -> float64 classifier features (N, d), as frechet_distance computes them."""
+    return _Features(feature_net.eval())
+
+
+def inception_features(weights_path: str | Path, device="cpu") -> FeatureFn:
+    """Images (N, C, H, W) in [-1, 1] on any device -> float64 Inception pool features (N, 2048), as inception_fid
+    computes them."""
+    network = _inception_metric(weights_path, device).inception
+    return lambda images: network(_inception_pixels(images).to(device)).double()
+
+
+class FeatureStats:
+    """The count, sum and sum of outer products (float64) of features: their mean and covariance without
+    keeping them, so that the Fréchet distance of 50 000 samples needs the memory of one batch."""
+
+    def __init__(self):
+        self.count, self.total, self.outer = 0, None, None
+
+    def add(self, features: torch.Tensor) -> FeatureStats:
+        f = features.detach().to("cpu", torch.float64)
+        if self.total is None:
+            self.total = torch.zeros(f.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
+        self.count += f.shape[0]
+        self.total += f.sum(dim=0)
+        self.outer += f.T @ f
+        return self
+
+    @classmethod
+    def of(cls, images: torch.Tensor, features: FeatureFn, batch_size: int = 1000) -> FeatureStats:
+        stats = cls()
+        with torch.no_grad():
             for chunk in images.split(batch_size):
-                pixels = ((chunk.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-                metric.update(pixels.expand(-1, 3, -1, -1).to(device), real=is_real)
-        return float(metric.compute())
+                stats.add(features(chunk))
+        return stats
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and the unbiased covariance."""
+        if self.count < 2:
+            raise ValueError(f"the Fréchet distance needs at least 2 images, got {self.count}")
+        mean = self.total / self.count
+        return mean, (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+
+
+def stats_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """The Fréchet distance between the Gaussians of two feature statistics:
+    |μ_a - μ_b|² + tr Σ_a + tr Σ_b - 2 tr (Σ_a Σ_b)^½, the trace of the root from the eigenvalues of
+    Σ_a Σ_b."""
+    (mean_a, cov_a), (mean_b, cov_b) = a.mean_cov(), b.mean_cov()
+    root_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace)

@@ -20,6 +20,7 @@ from .coefficients import Recursion
 from .errors import SamplerError, SettingsError
 from .grids import resolve_grid, steps_for_nfe, time_grid
 from .loop import Callback, CheckedModel, EpsFn, ModelCall, Stepper, host_model, run_steps
+from .noise import SampleNoise
 from .processes import CLD, LinearProcess
 from .spec import METHODS
 
@@ -243,9 +244,12 @@ def _default_lam(method: str, lam: float | None) -> float:
     return float(lam)
 
 
-def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def standard_normal(like: torch.Tensor, generator: torch.Generator | SampleNoise | None) -> torch.Tensor:
     """Noise shaped like `like`, drawn in float64 and cast to its dtype: one seed gives the same draws whatever the
-    state's precision (torch draws float32 and float64 from different streams), as prior_sample does."""
+    state's precision (torch draws float32 and float64 from different streams), as prior_sample does.
+    A SampleNoise draws each sample's row from that sample's own generator."""
+    if isinstance(generator, SampleNoise):
+        return generator.normal(like)
     return torch.randn(like.shape, generator=generator, dtype=torch.float64, device=like.device).to(like.dtype)
 
 
@@ -267,7 +271,7 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
            order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
-           generator: torch.Generator | None = None, progress: bool = False, return_state: bool = False,
+           generator: torch.Generator | SampleNoise | None = None, progress: bool = False, return_state: bool = False,
            model_kwargs: dict | None = None, callback: Callback | None = None, compile: bool | str = False,
            autocast: str | None = None, check_every: int = 0, **options) -> torch.Tensor:
     """Sample from u_T with `nfe` network calls; returns data x (B, C, H, W), or the whole state.
@@ -276,7 +280,9 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     parameterization "R" or "L"), "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family,
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
     grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "tuned"
-    (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an explicit decreasing sequence of times.
+    (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an
+    explicit decreasing sequence of times.
+    generator: the stochastic samplers' noise; a gddim.noise.SampleNoise draws each sample's from its own stream.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
     The default (no order, no λ): gDDIM of order DEFAULT_ORDER (2; lower when nfe leaves too few steps) with

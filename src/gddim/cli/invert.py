@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--images", type=non_empty, help="images to invert (a data source; default: the model's data set "
                    "if it is a built-in one, test split)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="split of --images (default test)")
-    p.add_argument("--n", type=positive, default=16, help="number of images (default 16)")
+    p.add_argument("--num-images", type=positive, default=16, help="number of images (default 16)")
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50],
                    help="comma-separated NFEs (steps each way; default 10,20,50)")
     p.add_argument("--order", type=order, default=0, help="gDDIM order q (0..3)")
@@ -67,7 +67,7 @@ def run(args) -> int:
     from ..inversion import image_state, round_trip
 
     process, eps_fn, source, size, dtype = _model(args)
-    x = load_images(source, args.split, size)[: args.n].to(device=args.device, dtype=dtype)
+    x = load_images(source, args.split, size)[: args.num_images].to(device=args.device, dtype=dtype)
     u_end = image_state(process, x, torch.Generator().manual_seed(args.seed))
     records = []
     print(f"{process.name}: {len(x)} images of {source} ({args.split}), order q={args.order}, grid {args.grid}")

@@ -148,6 +148,13 @@ def grid_option(parser: argparse.ArgumentParser) -> None:
                         "(tuned for this model and NFE)")
 
 
+def shard_option(parser: argparse.ArgumentParser, where: str) -> None:
+    """--shard-size: samples per shard file of `gddim sample` and `gddim evaluate`, written to `where`."""
+    parser.add_argument("--shard-size", type=positive, default=1000, help=f"samples per shard file (default 1000), "
+                        f"written to {where} as they are made: the same command after an interruption makes only the "
+                        "missing shards. Under torchrun each process makes one shard at a time")
+
+
 def data_source(source: str) -> str:
     """Named data sets as they are; paths made absolute so that a checkpoint finds its data from anywhere."""
     from ..data import BUILT_IN_DATA

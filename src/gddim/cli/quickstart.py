@@ -13,8 +13,8 @@ def register(subparsers) -> None:
                               "Euler-Maruyama, write grids, metrics and a plot (about 5 minutes on 2 CPU cores)")
     p.add_argument("--out", type=non_empty, required=True, help="output folder (new, or a quickstart folder to finish)")
     p.add_argument("--steps", type=positive, default=2000, help="training steps (default 2000)")
-    p.add_argument("--n", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 (default 500; "
-                   "the floor takes twice as many of the 1500 training digits)")
+    p.add_argument("--num-samples", type=integer(2, 750), default=500, help="samples per Fréchet distance, 2..750 "
+                   "(default 500; the floor takes twice as many of the 1500 training digits)")
     p.add_argument("--seed", type=non_negative, default=0)
     p.set_defaults(run=run)
 
@@ -24,7 +24,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     try:
-        result = quickstart(out, steps=args.steps, n=args.n, seed=args.seed)
+        result = quickstart(out, steps=args.steps, n=args.num_samples, seed=args.seed)
     except KeyboardInterrupt:
         print(f"interrupted; run `gddim quickstart --out {out}` again to resume", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import OutputExistsError
 from ..spec import METHODS
 from .options import (device, grid_option, model_call, model_options, non_empty, non_negative, order, output_prefix,
-                      positive, unit_interval)
+                      positive, shard_option, unit_interval)
 
 
 def _sampler_options(p) -> None:
@@ -31,9 +31,10 @@ def register(subparsers) -> None:
     grid_option(p)
     model_options(p)
     p.add_argument("--nfe", type=positive, default=50)
-    p.add_argument("--n", type=positive, default=64, help="number of samples")
+    p.add_argument("--num-samples", type=positive, default=64, help="number of samples")
     p.add_argument("--seed", type=non_negative, default=0)
-    p.add_argument("--batch", type=positive, default=500)
+    p.add_argument("--batch", type=positive, default=500, help="samples per network call (default 500)")
+    shard_option(p, "PREFIX.shards/, removed once PREFIX.npz is written")
     p.add_argument("--out", type=output_prefix, required=True, help="output prefix: writes PREFIX.png and PREFIX.npz")
     p.add_argument("--overwrite", action="store_true", help="replace PREFIX.png and PREFIX.npz if they exist")
     p.add_argument("--device", type=device)
@@ -41,24 +42,34 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoints import load_checkpoint
     from ..diffusers import is_diffusers_folder, load_unet_eps
-    from ..generation import sample_from_checkpoint, sample_images, save_grid, save_npz
+    from ..distributed import process_group, run_on_rank0
+    from ..generation import write_samples
 
     prefix = Path(args.out)
-    grid, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
-    existing = [str(path) for path in (grid, npz) if path.exists()]
-    if existing and not args.overwrite:  # checked before minutes of sampling
+    options = {"method": args.method, "order": args.order, "lam": args.lam, "parameterization": args.param,
+               **_form(args)}
+    with process_group(args.device) as group:
+        run_on_rank0(group, _check_free, prefix, args.overwrite)
+        if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
+            model = load_unet_eps(args.checkpoint, device=group.device)
+            process, source = model.process, str(Path(args.checkpoint).expanduser().resolve())
+        else:
+            checkpoint = load_checkpoint(args.checkpoint)
+            process, model, source = checkpoint.process(), checkpoint.network("ema", group.device), str(checkpoint.path)
+        grid, npz = write_samples(process, model, prefix, args.num_samples, args.nfe, options, group, args.seed,
+                                  args.batch, args.grid, args.shard_size, source, model_options=model_call(args))
+        if group.is_main:
+            print(f"{args.num_samples} samples ({group.world} process{'es' if group.world > 1 else ''}): grid {grid}, "
+                  f"arrays {npz}")
+    return 0
+
+
+def _check_free(prefix: Path, overwrite: bool) -> None:
+    """Refuse to replace PREFIX.png / PREFIX.npz without --overwrite, before minutes of sampling."""
+    outputs = (prefix.with_name(prefix.name + ext) for ext in (".png", ".npz"))
+    existing = [str(path) for path in outputs if path.exists()]
+    if existing and not overwrite:
         raise OutputExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                                 "choose another --out, or pass --overwrite to replace what is there")
-    if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
-        model = load_unet_eps(args.checkpoint, device=args.device)
-        images = sample_images(model.process, model, args.n, args.nfe, args.method, args.order, args.lam, args.param,
-                               args.seed, args.batch, args.device, grid=args.grid, **_form(args), **model_call(args))
-    else:
-        images = sample_from_checkpoint(args.checkpoint, args.n, args.method, args.nfe, args.order, args.lam,
-                                        args.param, args.seed, args.batch, args.device, grid=args.grid,
-                                        **_form(args), **model_call(args))
-    save_grid(images[:256], grid)
-    save_npz(images, npz)
-    print(f"{len(images)} samples: grid {grid}, arrays {npz}")
-    return 0

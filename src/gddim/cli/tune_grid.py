@@ -27,6 +27,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..distributed import process_group, run_on_rank0
+
+    # one adaptive ODE solve over the whole batch: under torchrun rank 0 tunes and writes, the others wait for it
+    with process_group(args.device) as group:
+        run_on_rank0(group, _tune, args)
+    return 0
+
+
+def _tune(args) -> None:
     import torch
 
     from ..grid_files import grid_record, write_grid_file
@@ -54,4 +63,3 @@ def run(args) -> int:
     write_grid_file(out, grid_record(times, args.nfe, process, tuned_on))
     print(f"grid of {n_steps} steps for nfe={args.nfe}: " + ", ".join(f"{t:.4g}" for t in times))
     print(f"{costs.model_calls} model calls on {args.batch} samples, {costs.seconds:.1f} s -> {out}")
-    return 0
