@@ -363,7 +363,7 @@ def test_sample_command_on_a_folder_without_its_schedule_is_one_line(pipeline_fo
 
     folder = tmp_path / "no-schedule"
     shutil.copytree(pipeline_folder, folder, ignore=shutil.ignore_patterns("scheduler"))
-    assert main(["sample", str(folder), "--nfe", "4", "--n", "2", "--out", str(tmp_path / "s")]) == 2
+    assert main(["sample", str(folder), "--nfe", "4", "--num-samples", "2", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gddim sample: error: no scheduler_config.json in {folder} or {folder / 'scheduler'}")
     assert err.count("\n") == 1 and "scheduler.save_pretrained" in err and not (tmp_path / "s.npz").exists()

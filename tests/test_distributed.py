@@ -70,7 +70,9 @@ with process_group("cpu") as group:
         raised = None
     except FileExistsError as err:
         raised = str(err)
-    print("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised, collected, flush=True)
+    line = " ".join(map(str, ("rank", group.rank, group.world, list(items), gathered[:, 1].tolist(), word, raised,
+                              collected)))
+    open(f"{sys.argv[1]}/rank{group.rank}.txt", "w").write(line)  # one file a rank: shared stdout interleaves
 """
 
 
@@ -79,9 +81,9 @@ def test_group_helpers_on_two_gloo_processes(tmp_path):
     script.write_text(GROUP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], capture_output=True, text=True, env=env, timeout=300)
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
     everything = [float(i) for i in range(7)]
     assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused [0.0, 0.0, 10.0, 10.0]",
                      f"rank 1 2 [4, 5, 6] {everything} from rank 0 rank 0 refused None"]

@@ -77,6 +77,18 @@ SMOKE = {
         Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "5")),
     "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --shortlist --batch 256 --out "
     "benchmarks/fast_variants_digits/shortlist": Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "5", "10")),
+    "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --goal --batch 256 --nfes 10 20 --out "
+    "benchmarks/fast_variants_digits/goal": Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "10")),
+    "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --goal --batch 256 --nfes 10 20 --dataset fashion-mnist "
+    "--image-size 16 --n-data 2000 --out benchmarks/fast_variants_fashion-mnist":
+        Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "10", "--n-data", "50"), needs="fashion-mnist"),
+    "OMP_NUM_THREADS=1 python benchmarks/trained_models.py --dataset digits --stages train --processes cld --steps 1000 "
+    "--quiet": Smoke(TRAINED_SMOKE + ("--out", "benchmarks/trained_digits")),
+    "OMP_NUM_THREADS=1 python benchmarks/trained_defaults.py --dataset digits":
+        Smoke(("--n", "4", "--seeds", "2", "--processes", "cld", "--out", "benchmarks/trained_digits"),
+              after=TRAINED_DIGITS),
+    "OMP_NUM_THREADS=1 python benchmarks/bdm_gap.py --out benchmarks/bdm_gap":
+        Smoke(("--n-data", "50", "--batch", "4", "--nfe", "10"), needs="fashion-mnist"),
     PEERS_DIGITS: Smoke(PEERS_SMOKE),
     PEERS_FASHION: Smoke(PEERS_SMOKE, needs="fashion-mnist", slow=True),
     "python benchmarks/peers.py --overhead --out benchmarks/peers_overhead.json": Smoke(("--quick",)),

@@ -131,8 +131,10 @@ def test_convergence_order_on_gaussian_data(options, order):
 
 
 def test_default_sampler_on_gaussian_data_is_accurate_and_beats_euler():
+    # the default is q = 2 (+ corrector): 4.4e-3 at NFE 10 here (q = 3 gave < 2e-3 on this smooth data, but amplifies a
+    # trained network's error at NFE 10; benchmarks/trained_digits/defaults.json)
     default, euler = gaussian_path_error(10), gaussian_path_error(10, order=0)
-    assert default < 2e-3 and default < euler / 10, (default, euler)
+    assert default < 5e-3 and default < euler / 10, (default, euler)
     assert gaussian_path_error(50) < 2e-5
 
 

@@ -130,13 +130,50 @@ def test_data_coefficients_equal_direct_quadrature(name, lam, interpolation):
     ts = gddim.time_grid(process, 5)
     rho, _ = multistep.interpolation_variable(process, interpolation)
     rec = multistep.multistep(process, ts, 2, lam, "data", corrector=True, interpolation=interpolation)
+    compare_with_quadrature(process, rec, ts, rho, (2, 3), lam)
+
+
+@pytest.mark.parametrize("name,interpolation", [("vp-linear", "t"), ("cld", "logsnr"), ("bdm", "sqrt_t")])
+def test_long_grid_coefficients_equal_direct_quadrature(name, interpolation):
+    """Long grids have fewer Gauss points per step (coefficients.step_quadrature: 6 above 128 steps, 4 above 800):
+    on 200- and 900-step grids the data-form predictor and corrector still equal adaptive quadrature to 1e-9
+    relative, at the first multistep step, mid-grid and near the end (BDM: its most blurred mode)."""
+    process = ref.build(name)
+    for steps in (200, 900):
+        ts = gddim.time_grid(process, steps)
+        rho, _ = multistep.interpolation_variable(process, interpolation)
+        rec = multistep.multistep(process, ts, 2, 0.0, "data", corrector=True, interpolation=interpolation)
+        compare_with_quadrature(process, rec, ts, rho, (2, steps // 2, steps - 2))
+
+
+def compare_with_quadrature(process, rec, ts, rho, steps, lam=0.0):
+    """Predictor (nodes t_i..t_{i-2}) and corrector (t_{i+1}..t_{i-2}) of q = 2 at the given steps against
+    direct_integrals, to 1e-9 relative, on the last (for BDM the most blurred) mode."""
     D, Dc = unfolded(rec, process, ts), unfolded(rec, process, ts, corrector=True)
     mode = process.modes - 1
-    for i in (2, 3):
+    for i in steps:
         pred = direct_integrals(process, lam, mode, ts[i - 2: i + 1][::-1], rho, ts[i], ts[i + 1])
         corr = direct_integrals(process, lam, mode, ts[i - 2: i + 2][::-1], rho, ts[i], ts[i + 1])
-        assert ref.rel_err(D[i, :, mode], pred) < 1e-9, i
-        assert ref.rel_err(Dc[i, :, mode], corr) < 1e-9, i
+        assert ref.rel_err(D[i, :, mode], pred) < 1e-9, (len(ts), i)
+        assert ref.rel_err(Dc[i, :, mode], corr) < 1e-9, (len(ts), i)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_chunked_build_equals_one_chunk(name, monkeypatch):
+    """The kernel is built in chunks of steps (coefficients.KERNEL_CHUNK_ENTRIES): one step per chunk and the whole
+    grid in one chunk give the same coefficients, for every degree group, predictor and corrector, ε and data form."""
+    process = ref.build(name)
+    ts = gddim.time_grid(process, 12)
+    build = lambda prediction, lam: multistep.multistep(process, ts, 3, lam, prediction, corrector=True,
+                                                        lower_order_final=True)
+    for prediction, lam in [("eps", 0.0), ("data", 0.0), ("data", 0.5)]:
+        monkeypatch.setattr(coefficients, "KERNEL_CHUNK_ENTRIES", 1 << 30)
+        whole = build(prediction, lam)
+        monkeypatch.setattr(coefficients, "KERNEL_CHUNK_ENTRIES", 1)
+        steps = build(prediction, lam)
+        np.testing.assert_allclose(steps.C, whole.C, rtol=1e-13, atol=1e-13 * np.abs(whole.C).max())
+        np.testing.assert_allclose(steps.corrector, whole.corrector, rtol=1e-13,
+                                   atol=1e-13 * np.abs(whole.corrector).max())
 
 
 @pytest.mark.parametrize("name", PROCESSES)

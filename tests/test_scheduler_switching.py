@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gddim.diffusers import GDDIMScheduler
+from gddim.sampling import DEFAULT_ORDER
 
 PEERS = [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler, diffusers.DEISMultistepScheduler,
          diffusers.DPMSolverSinglestepScheduler]
@@ -86,7 +87,7 @@ def test_solver_order_4_switches_into_unipc():
 def test_ddim_and_ddpm_configs_load_as_the_default_with_their_landing(peer, to_one):
     # DDIM and DDPM have no order to keep: switching to gDDIM gives its default sampler
     ours = GDDIMScheduler.from_config(peer.config)
-    assert (ours.config.solver_order, ours.config.predict_x0, ours.config.use_corrector) == (4, True, True)
+    assert (ours.config.solver_order, ours.config.predict_x0, ours.config.use_corrector) == (DEFAULT_ORDER + 1, True, True)
     assert ours.config.set_alpha_to_one is to_one
     assert ours.config.final_sigmas_type == ("zero" if to_one else "sigma_min")
     run_steps(ours)

@@ -27,8 +27,19 @@ def sym(a: np.ndarray) -> np.ndarray:
 
 def psd_sqrt(p: np.ndarray) -> np.ndarray:
     """Symmetric square root of a PSD block after symmetrizing and clipping round-off negatives."""
+    if p.shape[-1] == 1:  # scalar blocks: a square root, not millions of 1x1 eigen-decompositions
+        return np.sqrt(np.clip(p, 0.0, None))
     w, v = np.linalg.eigh(sym(p))
     return (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ transpose(v)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b blockwise; scalar blocks multiply (numpy's matmul loops over millions of 1x1 products slowly)."""
+    return a * b if a.shape[-1] == 1 else a @ b
+
+
+def inv(a: np.ndarray) -> np.ndarray:
+    return 1.0 / a if a.shape[-1] == 1 else np.linalg.inv(a)
 
 
 def solve_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,8 +48,8 @@ class GDDIMSchedulerOutput(BaseOutput):
 class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     """gDDIM for VP models trained with a diffusers DDPM schedule (MATH §2-§4.1, FAST §1-§4, §6).
 
-    With no option it is gddim.sample's default: 3rd-order multistep gDDIM in the data form with the corrector and
-    lower order at the end of short runs (solver_order=4, predict_x0=True, use_corrector=True,
+    With no option it is gddim.sample's default: 2nd-order multistep gDDIM in the data form with the corrector and
+    lower order at the end of short runs (solver_order=3, predict_x0=True, use_corrector=True,
     lower_order_final=True); solver_order=1 is DDIM. Options named as in diffusers' schedulers mean what they mean
     there:
     solver_order: model outputs combined per step, 1..4 (order q = solver_order - 1 of the exponential

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from . import blocks
-from .coefficients import (Recursion, _history_nodes, by_parts, grid_quadrature, hat_psi, noise_root,
+from .coefficients import (Recursion, by_parts_all_steps, grid_quadrature, hat_psi, noise_root, repeat_predictor,
                            warmup_degrees)
 from .errors import SettingsError
 from .processes import LinearProcess
@@ -75,14 +75,15 @@ def step_degrees(steps: int, order: int, lower_order_final: bool) -> np.ndarray:
     return degrees
 
 
-def hat_psi_pairs(process: LinearProcess, tau: np.ndarray, s: np.ndarray, lam: float, span: tuple[float, float]):
-    """Ψ̂^λ(s,τ) for many pairs (n,): closed forms where they exist, else from ONE solve over the grid's span.
+def hat_psi_pairs(process: LinearProcess, lam: float, span: tuple[float, float]):
+    """A function (τ, s) -> Ψ̂^λ(s,τ) for many pairs (n,): closed forms where they exist, else ONE solve over the
+    grid's span, done here, which every later call reuses.
 
     With Φ = R Y, Φ' = F̂^λ Φ becomes Y' = (λ²/2) R⁻¹GGᵀR⁻ᵀ Y (R' = FR + ½GGᵀR⁻ᵀ takes the rest), a gentler ODE
     than Φ's, and Ψ̂^λ(s,τ) = R_s Y_s Y_τ⁻¹ R_τ⁻¹ (λ = 0: Y = I).
     """
     if lam in (0, 1) or process.k == 1:
-        return hat_psi(process, tau, s, lam)
+        return lambda tau, s: hat_psi(process, tau, s, lam)
     m, k = process.modes, process.k
 
     def rhs(log_time, y):  # in log τ: the rate grows like 1/τ near τ = 0, so steps stay even
@@ -96,33 +97,34 @@ def hat_psi_pairs(process: LinearProcess, tau: np.ndarray, s: np.ndarray, lam: f
     if not sol.success:
         raise RuntimeError(f"the Ψ̂^λ ODE failed: {sol.message}")
     phi = lambda x: process.R(x) @ sol.sol(np.log(x)).T.reshape(-1, m, k, k)
-    return blocks.solve_right(phi(s), phi(tau))
+    return lambda tau, s: blocks.solve_right(phi(s), phi(tau))
 
 
-def _kernel(process: LinearProcess, prediction: str, lam: float, t, s, tau, span):
-    """(A, K(t), K(s), K on the quadrature nodes (n, p, M, k, k)) of the exponential integrator."""
-    n, p = tau.shape
-    s_rep, flat = np.repeat(s, p), tau.ravel()
-    if prediction == "eps":
-        A = process.psi(s, t)
-        at_t, at_s = A @ process.R(t), process.R(s)
-        inner = process.psi(s_rep, flat) @ process.R(flat)
-    else:
-        hat = hat_psi_pairs(process, np.concatenate([t, flat]), np.concatenate([s, s_rep]), lam, span)
-        A, inner = hat[:n], hat[n:] @ process.mean_coef(flat)
-        at_t, at_s = A @ process.mean_coef(t), process.mean_coef(s)
-    return A, at_t, at_s, inner.reshape(n, p, *A.shape[1:])
-
-
-def _coefficients(ts, degrees, ahead, ends, tau, w, rho, drho) -> np.ndarray:
-    """by_parts for every step, grouped by degree; (n, max nodes, M, k, k) with zeros in unused slots."""
+def _ends_and_kernel(process: LinearProcess, prediction: str, lam: float, ts: np.ndarray, tau: np.ndarray):
+    """(A, K(t), K(s), kernel) of the exponential integrator; kernel(rows) is K on the quadrature nodes of the
+    steps rows, (len, p, M, k, k), built on demand so that large grids never hold all of it."""
     t, s = ts[:-1], ts[1:]
-    A, at_t, at_s, kernel = ends
-    C = np.zeros((len(t), degrees.max() + 1 + ahead, *A.shape[1:]))
-    for idx, nodes in _history_nodes(ts, degrees, ahead):
-        C[idx, : nodes.shape[1]] = by_parts(nodes, t[idx], s[idx], at_t[idx], at_s[idx], tau[idx], w[idx],
-                                            kernel[idx], rho, drho)
-    return C
+    p = tau.shape[1]
+    if prediction == "eps":
+        transition, weight = process.psi, process.R  # transition(to, start)
+    else:
+        hat = hat_psi_pairs(process, lam, (ts[0], ts[-1]))
+        transition, weight = (lambda to, start: hat(start, to)), process.mean_coef
+    A = transition(s, t)
+    at_t, at_s = blocks.matmul(A, weight(t)), weight(s)
+    # scalar transitions compose exactly, K(τ) = Ψ(s,r)·Ψ(r,τ)W_τ: each node's factor once, not with each s; r is
+    # inside the grid, where M and R are nonzero (flow matching has M = 0 at t = 1 and R = 0 at t = 0)
+    middle = np.array([(ts[0] + ts[-1]) / 2])  # one time: Ψ(r, τ) broadcasts over the nodes
+    left = transition(s, middle) if process.k == 1 else None
+
+    def kernel(rows):
+        nodes = tau[rows].ravel()
+        if left is not None:
+            inner = transition(middle, nodes) * weight(nodes)
+            return left[rows, None] * inner.reshape(-1, p, *A.shape[1:])
+        return blocks.matmul(transition(np.repeat(s[rows], p), nodes), weight(nodes)).reshape(-1, p, *A.shape[1:])
+
+    return A, at_t, at_s, kernel
 
 
 def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float = 0.0, prediction: str = "eps",
@@ -147,22 +149,21 @@ def multistep(process: LinearProcess, ts: np.ndarray, order: int = 0, lam: float
     n = len(t)
     rho, drho = interpolation_variable(process, interpolation)
     tau, w = grid_quadrature(t, s)
-    ends = _kernel(process, prediction, lam, t, s, tau, (ts[0], ts[-1]))
-    degrees = step_degrees(n, order, lower_order_final)
-    C = _coefficients(ts, degrees, 0, ends, tau, w, rho, drho)
-    redo = _coefficients(ts, degrees, 1, ends, tau, w, rho, drho) if corrector else None
+    A, at_t, at_s, kernel = _ends_and_kernel(process, prediction, lam, ts, tau)
+    fold = prediction == "data" and output == "eps"  # an ε-model's h = M x̂: M⁻¹ goes into the coefficients
+    built = by_parts_all_steps(ts, step_degrees(n, order, lower_order_final), (0, 1) if corrector else (0,),
+                               at_t, at_s, tau, w, kernel, rho, drho,
+                               fold=blocks.inv(process.mean_coef(ts)) if fold else None)
+    # the last step has no later model call to correct it with: its corrector row repeats the predictor (in place:
+    # corrector_off would copy an array of up to 40 MB)
+    C, redo = built[0], repeat_predictor(built[1], built[0], [n - 1]) if corrector else None
     P = Q = None
     if output == "velocity":
         P, Q = process.data_from_velocity(t)
-    elif prediction == "data" and output == "eps":
-        m_inv = np.linalg.inv(process.mean_coef(ts))
-        C = C @ m_inv[np.arange(n)[:, None] - np.arange(C.shape[1])[None, :]]  # M_{i-j}⁻¹; wrapped indices meet zeros
-        if corrector:
-            redo = redo @ m_inv[np.arange(n)[:, None] + 1 - np.arange(redo.shape[1])[None, :]]
+    elif fold:
         P, Q = blocks.eye(process.modes, process.k)[None].repeat(n, 0), -process.R(t)
-    S = noise_root(process, t, s, ends[0]) if lam > 0 else None
-    # the last step has no later model call to correct it with: its corrector row repeats the predictor
-    return Recursion(times=t, next_times=s, A=ends[0], C=C, S=S, P=P, Q=Q, corrector=redo).corrector_off([n - 1])
+    S = noise_root(process, t, s, A) if lam > 0 else None
+    return Recursion(times=t, next_times=s, A=A, C=C, S=S, P=P, Q=Q, corrector=redo)
 
 
 def final_data_step(process: LinearProcess, t_end: float, output: str = "eps") -> Recursion:

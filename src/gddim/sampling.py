@@ -97,8 +97,9 @@ class Multistep:
         return replace(self, final_step="integrate").is_paper
 
 
-# the general-purpose default, chosen on exact scores (benchmarks/fast_variants_digits; README "Choosing the default")
-DEFAULT_ORDER = 3
+# the general-purpose default: on exact scores q = 2 and 3 tie (benchmarks/fast_variants_*/goal), on trained models
+# q = 3 amplifies the network's error at NFE 10 (CLD digits FD 12.3 against 4.5; benchmarks/trained_digits/defaults.json)
+DEFAULT_ORDER = 2
 FAST_DEFAULTS = Multistep(prediction="data", corrector=True, lower_order_final=True)
 
 
@@ -284,10 +285,10 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     generator: the stochastic samplers' noise; a gddim.noise.SampleNoise draws each sample's from its own stream.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
-    The default (no order, no λ): gDDIM of order DEFAULT_ORDER (3; lower when nfe leaves too few steps) with
+    The default (no order, no λ): gDDIM of order DEFAULT_ORDER (2; lower when nfe leaves too few steps) with
     FAST_DEFAULTS (data prediction, the corrector, lower order at the end), chosen by measurement. Naming an
-    order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=3,
-    prediction="data", corrector=True is the default spelled out).
+    order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=2,
+    prediction="data", corrector=True, lower_order_final=True is the default spelled out).
     The model: model_kwargs (conditioning) go to every call as eps_fn(u, t, **model_kwargs); callback(step, t,
     state, data_prediction) follows every call; compile and autocast ("bf16", "fp16") run the model compiled or
     in half precision while the state keeps u_T's dtype; NaN or inf from the model is reported after the loop, or

@@ -21,8 +21,8 @@ from .multistep import INTERPOLATIONS
 from .noise_levels import SPACINGS
 from .sampling import DEFAULT_ORDER, FAST_DEFAULTS, MAX_ORDER, Multistep
 
-# GDDIMScheduler()'s sampler when no option is passed: gddim.sample's default (q = 3 data form, corrector, lower order
-# at the end), in diffusers' names
+# GDDIMScheduler()'s sampler when no option is passed: gddim.sample's default (q = DEFAULT_ORDER, data form,
+# corrector, lower order at the end), in diffusers' names
 DEFAULTS = dict(solver_order=DEFAULT_ORDER + 1, predict_x0=FAST_DEFAULTS.prediction == "data",
                 use_corrector=FAST_DEFAULTS.corrector, lower_order_final=FAST_DEFAULTS.lower_order_final,
                 interpolation=FAST_DEFAULTS.interpolation, lam=0.0)

@@ -11,21 +11,23 @@ from ..errors import SettingsError
 from ..processes import PROCESSES, make_process
 from ..sampling import cached_plan, plan
 from ..spec import SamplerSpec
-from .sweeps import COEFFICIENT_NFES
+from .sweeps import COEFFICIENT_NFES, COEFFICIENT_VARIANTS
 from .records import machine_info
 
 COEFFICIENT_ORDERS = (0, 1, 2, 3)
 CLOCKS = (("s", time.perf_counter), ("cpu_s", time.process_time))  # wall-clock, and CPU time of this process
 
 
-def timed_specs(orders: tuple[int, ...], lam: float) -> list[SamplerSpec]:
-    """gddim of each order (deterministic, R), and stochastic gddim at λ = lam (q = 0)."""
-    return [SamplerSpec("gddim", q) for q in orders] + [SamplerSpec("gddim", lam=lam)]
+def timed_specs(orders: tuple[int, ...], lam: float, variants: tuple[str, ...] = ()) -> list[SamplerSpec]:
+    """gddim of each order (deterministic, R), stochastic gddim at λ = lam (q = 0), then the variants' specs."""
+    return [SamplerSpec("gddim", q) for q in orders] + [SamplerSpec("gddim", lam=lam)] + [
+        SamplerSpec.parse(v) for v in variants]
 
 
 def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes: tuple[int, ...] = COEFFICIENT_NFES,
                             orders: tuple[int, ...] = COEFFICIENT_ORDERS, lam: float = 0.5, repeats: int = 5,
-                            bdm_image_size: int = 32, command: str | None = None, progress: bool = True) -> dict:
+                            bdm_image_size: int = 32, command: str | None = None, progress: bool = True,
+                            variants: tuple[str, ...] = COEFFICIENT_VARIANTS) -> dict:
     """Seconds to build one sampler's coefficients for a new grid from a cold start, medians over repeats.
 
     Every repeat builds a fresh process, so CLD's R_t solve is inside `total`; it is also timed alone
@@ -35,7 +37,7 @@ def coefficient_build_times(processes: tuple[str, ...] = tuple(PROCESSES), nfes:
     """
     if repeats < 1:
         raise SettingsError(f"repeats must be >= 1, got {repeats}")
-    jobs = [(name, nfe, spec) for name in processes for nfe in nfes for spec in timed_specs(orders, lam)]
+    jobs = [(name, nfe, spec) for name in processes for nfe in nfes for spec in timed_specs(orders, lam, variants)]
     records = []
     for name, nfe, spec in tqdm(jobs, disable=not progress, desc="coefficient build"):
         times = np.array([_cold_build(name, nfe, spec, bdm_image_size) for _ in range(repeats)])  # (repeats, 2, 2)

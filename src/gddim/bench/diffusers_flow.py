@@ -46,7 +46,7 @@ SHIFTS = (1.0, 3.0)
 N_TRAIN = 1000  # diffusers' num_train_timesteps: timestep = 1000 σ
 PEERS = ("euler", "unipc-2", "unipc-3", "dpm++2m", "dpm++3m")
 # GDDIMFlowScheduler's default (solver_order 2 = q 1, corrector, lower order at the end), gddim.sample's default
-# (q = 3, data form, corrector, lower order at the end), the paper's orders in the data form (q = 0 is flow
+# (q = 2, data form, corrector, lower order at the end), the paper's orders in the data form (q = 0 is flow
 # matching's Euler step) and q = 1 / q = 2 with DPM-Solver++'s and UniPC's extras; every one runs on every grid
 GDDIM_DEFAULT = SamplerSpec(order=1, prediction="data", corrector=True, lower_order_final=True)
 GDDIM_VARIANTS = (GDDIM_DEFAULT, SamplerSpec()) + tuple(SamplerSpec(order=q, prediction="data") for q in range(4)) + (

@@ -51,7 +51,7 @@ class GddimVariant:
         return self.spec.label, self.grid
 
 
-# the default sampler (no order named: q = 3, data form, corrector) and the paper's gDDIM of each order, on each grid
+# the default sampler (no order named: q = 2, data form, corrector) and the paper's gDDIM of each order, on each grid
 GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid) for grid in (SHARED_GRID, "quadratic")) + tuple(
     GddimVariant(SamplerSpec(order=q), grid) for grid in (SHARED_GRID, "quadratic", "logsnr") for q in range(4))
 GDDIM_DEFAULT = GddimVariant(SamplerSpec(), "quadratic")

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--samplers", type=sampler_list, default=["gddim", "em"],
                    help=f'comma-separated specs {SPEC_FORM}, e.g. "gddim,gddim:q=2,em"; '
-                        '"gddim" alone is the default sampler (q=3, data form, corrector); q= or lam= name the paper\'s')
+                        '"gddim" alone is the default sampler (q=2, data form, corrector); q= or lam= name the paper\'s')
     p.add_argument("--nfe", type=nfe_list, default=[10, 20, 50, 100], help="comma-separated NFEs")
     grid_option(p)
     model_options(p)

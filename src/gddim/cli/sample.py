@@ -12,7 +12,7 @@ from .options import (device, grid_option, model_call, model_options, non_empty,
 
 def _sampler_options(p) -> None:
     p.add_argument("--method", default="gddim", choices=METHODS)
-    p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=3, data form, "
+    p.add_argument("--order", type=order, help="gDDIM order q (0..3); unset: the default sampler (q=2, data form, "
                    "corrector), set: the paper's gDDIM of that order")
     p.add_argument("--lam", type=unit_interval, help="λ in [0, 1] (gddim: 0 by default, stochastic above; em: 1)")
     p.add_argument("--param", choices=("R", "L"), default="R", help="gDDIM parameterization")
