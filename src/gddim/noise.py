@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import SettingsError
+
 
 def sample_seed(seed: int, index: int) -> int:
     """The seed of sample `index`'s generator: a hash of (seed, index), so that neighbouring samples' streams
@@ -32,8 +34,8 @@ class SampleNoise:
         """Standard normal noise shaped like `like` (batch first), row k from generator k; drawn in float64 and
         cast, as gddim.sampling.standard_normal does."""
         if like.shape[0] != len(self):
-            raise ValueError(f"this noise source has {len(self)} generators, one per sample; the state has "
-                             f"{like.shape[0]} samples")
+            raise SettingsError(f"this noise source has {len(self)} generators, one per sample; the state has "
+                                f"{like.shape[0]} samples: build SampleNoise(seed, indices) with one index per sample")
         rows = [torch.randn(like.shape[1:], generator=g, dtype=torch.float64, device=like.device)
                 for g in self.generators]
         return torch.stack(rows).to(like.dtype)
