@@ -283,7 +283,8 @@ def stochastic(process: LinearProcess, ts: np.ndarray, lam: float) -> Recursion:
 
 def noise_root(process: LinearProcess, t: np.ndarray, s: np.ndarray, hat: np.ndarray) -> np.ndarray:
     """S with S Sᵀ = P^λ = Σ_s - Ψ̂ Σ_t Ψ̂ᵀ, the noise that keeps the λ-family step exact on Dirac data."""
-    return blocks.psd_sqrt(process.sigma(s) - hat @ process.sigma(t) @ blocks.transpose(hat))
+    carried = blocks.matmul(blocks.matmul(hat, process.sigma(t)), blocks.transpose(hat))  # Ψ̂ Σ_t Ψ̂ᵀ
+    return blocks.psd_sqrt(process.sigma(s) - carried)
 
 
 def euler_maruyama(process: LinearProcess, ts: np.ndarray, lam: float) -> Recursion:

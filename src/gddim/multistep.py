@@ -100,6 +100,14 @@ def hat_psi_pairs(process: LinearProcess, lam: float, span: tuple[float, float])
     return lambda tau, s: blocks.solve_right(phi(s), phi(tau))
 
 
+def _scalar_hat_psi_mean(process: LinearProcess, lam: float, middle: np.ndarray):
+    """Ψ̂^λ(r,τ) M_τ for scalar blocks as (a constant of r, a function of τ): with Ψ(r,τ) = M_r/M_τ, hat_psi's
+    power form is R_r^(1+λ²) M_r^(-λ²) · (M_τ/R_τ)^(1+λ²), so each node costs one M_τ and one power, not two."""
+    power = 1 + lam**2
+    constant = process.R(middle) ** power * process.mean_coef(middle) ** (-(lam**2))
+    return constant, lambda nodes: (process.mean_coef(nodes) / process.R(nodes)) ** power
+
+
 def _ends_and_kernel(process: LinearProcess, prediction: str, lam: float, ts: np.ndarray, tau: np.ndarray):
     """(A, K(t), K(s), kernel) of the exponential integrator; kernel(rows) is K on the quadrature nodes of the
     steps rows, (len, p, M, k, k), built on demand so that large grids never hold all of it."""
@@ -115,13 +123,17 @@ def _ends_and_kernel(process: LinearProcess, prediction: str, lam: float, ts: np
     # scalar transitions compose exactly, K(τ) = Ψ(s,r)·Ψ(r,τ)W_τ: each node's factor once, not with each s; r is
     # inside the grid, where M and R are nonzero (flow matching has M = 0 at t = 1 and R = 0 at t = 0)
     middle = np.array([(ts[0] + ts[-1]) / 2])  # one time: Ψ(r, τ) broadcasts over the nodes
-    left = transition(s, middle) if process.k == 1 else None
+    left = node_factor = None
+    if process.k == 1 and prediction == "data":
+        constant, node_factor = _scalar_hat_psi_mean(process, lam, middle)
+        left = transition(s, middle) * constant
+    elif process.k == 1:
+        left, node_factor = transition(s, middle), lambda nodes: transition(middle, nodes) * weight(nodes)
 
     def kernel(rows):
         nodes = tau[rows].ravel()
         if left is not None:
-            inner = transition(middle, nodes) * weight(nodes)
-            return left[rows, None] * inner.reshape(-1, p, *A.shape[1:])
+            return left[rows, None] * node_factor(nodes).reshape(-1, p, *A.shape[1:])
         return blocks.matmul(transition(np.repeat(s[rows], p), nodes), weight(nodes)).reshape(-1, p, *A.shape[1:])
 
     return A, at_t, at_s, kernel
