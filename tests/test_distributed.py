@@ -35,13 +35,19 @@ print("losses", rank, r.losses)
 """
 
 
-def test_ddp_two_gloo_processes_agree(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
+def _two_ranks(tmp_path, source: str) -> subprocess.CompletedProcess:
+    """Runs `source` under torchrun with 2 gloo processes, tmp_path as its argument; fails on a non-zero exit."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_two_gloo_processes_agree(tmp_path):
+    proc = _two_ranks(tmp_path, DDP_SCRIPT)
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     ckpt = load_checkpoint(tmp_path / "run")
@@ -49,7 +55,6 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
     assert all(torch.equal(a[k], ckpt.tensors[f"model.{k}"]) for k in a)
     losses = [line.split(" ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("losses")]
     assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
-
 
 
 GROUP_SCRIPT = """
@@ -77,12 +82,7 @@ with process_group("cpu") as group:
 
 
 def test_group_helpers_on_two_gloo_processes(tmp_path):
-    script = tmp_path / "group.py"
-    script.write_text(GROUP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _two_ranks(tmp_path, GROUP_SCRIPT)
     lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
     everything = [float(i) for i in range(7)]
     assert lines == [f"rank 0 2 [0, 1, 2, 3] {everything} from rank 0 rank 0 refused [0.0, 0.0, 10.0, 10.0]",
