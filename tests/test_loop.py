@@ -150,7 +150,7 @@ def test_compile_gives_the_same_samples(one_thread):
     with torch.no_grad():
         plain = gddim.sample(process, model, prior(process), nfe=5)
         compiled = gddim.sample(process, model, prior(process), nfe=5, compile="eager")
-    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=0)  # the eager backend runs the very same kernels
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_compile_with_inductor_gives_the_same_samples(one_thread):
     with torch.no_grad():
         plain = gddim.sample(process, model, prior(process), nfe=5)
         compiled = gddim.sample(process, model, prior(process), nfe=5, compile=True)
-    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)  # inductor fuses and reorders float32 sums
 
 
 @pytest.mark.parametrize("kwargs,message", [

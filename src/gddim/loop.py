@@ -164,7 +164,8 @@ class Stepper:
         if self.E is not None:
             eps = blocks.apply(self.E[i], eps)
         if self.Q is not None:
-            eps = blocks.add_applied(y if self.P is None else blocks.apply(self.P[i], y), self.Q[i], eps)
+            p = None if self.P is None else self.P[i]
+            eps = blocks.add_applied(y if p is None else blocks.apply(p, y), self.Q[i], eps)
         self.history = [eps] + self.history[: self.C.shape[1] - 1]
         noise = None if self.S is None else blocks.apply(self.S[i], self.normal(y, generator))
         self.index = i + 1
@@ -178,11 +179,22 @@ def _on_device(process: LinearProcess, rec: Recursion, like: torch.Tensor) -> tu
     key = (like.dtype, like.device)
     if key not in cache:
         cast = lambda a: None if a is None else process.blocks(a, like)
-        # h = u + Q ε when P is the identity (the data form): one multiply-add
-        identity_p = rec.P is None or np.array_equal(rec.P, np.broadcast_to(np.eye(rec.P.shape[-1]), rec.P.shape))
-        cache[key] = (*(cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q)), None if identity_p else cast(rec.P),
+        cache[key] = (*(cast(a) for a in (rec.A, rec.S, rec.eps_map, rec.Q)), _history_maps(rec.P, cast),
                       cast(rec.C if rec.corrector is None else _fold_corrector(rec)))
     return cache[key]
+
+
+def _history_maps(P: np.ndarray | None, cast) -> list | None:
+    """Per step, P on the device, or None where P is the identity (the data form: h = u + Q ε, one multiply-add);
+    step by step, since a denoising step appended to a data-form plan has P = 0 while the others keep the identity."""
+    if P is None:
+        return None
+    identity = np.eye(P.shape[-1])
+    kept = [not np.array_equal(p, np.broadcast_to(identity, p.shape)) for p in P]
+    if not any(kept):
+        return None
+    on_device = cast(P)
+    return [p if keep else None for p, keep in zip(on_device, kept)]
 
 
 def _fold_corrector(rec: Recursion) -> np.ndarray:
