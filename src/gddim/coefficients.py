@@ -107,15 +107,12 @@ def lagrange_basis(nodes: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.n
     return value, slope
 
 
-def _history_nodes(ts: np.ndarray, degrees: np.ndarray, ahead: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Steps grouped by their degree r: (step indices, nodes t_{i+ahead}, .., t_i, t_{i-1}, .., t_{i-r}).
-
-    degrees[i] = min(i, q) for the plain multistep method; ahead = 1 adds the node t_{i+1} (the corrector).
-    """
+def _history_nodes(ts: np.ndarray, degrees: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Steps grouped by their degree r: (step indices, nodes t_i, t_{i-1}, .., t_{i-r}); degrees[i] = min(i, q)."""
     groups = []
     for r in np.unique(degrees):
         idx = np.flatnonzero(degrees == r)
-        groups.append((idx, ts[idx[:, None] + ahead - np.arange(r + 1 + ahead)[None, :]]))
+        groups.append((idx, ts[idx[:, None] - np.arange(r + 1)[None, :]]))
     return groups
 
 

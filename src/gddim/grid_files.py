@@ -82,7 +82,7 @@ def _tuned_defaults(name: str) -> tuple[dict, dict[int, np.ndarray]]:
         shipped = sorted(p.stem for p in TUNED_DIR.glob("*.json"))
         raise SettingsError(f"no tuned grid ships for process {name!r} (only for {shipped}); tune one for your model "
                          "with gddim.tuning.tune_grid or gddim tune-grid")
-    record = json.loads(path.read_text())
+    record = read_json_record(path, "tuned grids", TUNED_FORMAT, VERSION, SettingsError)  # a package file, checked too
     return record, {int(n): np.asarray(ts, dtype=np.float64) for n, ts in record["grids"].items()}
 
 
