@@ -84,8 +84,10 @@ def test_two_processes_evaluate_to_the_same_distance_as_one(cld_run, tmp_path):
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert [r["label"] for r in two["records"]] == ["gddim:q=1", "ancestral"]
     for a, b in zip(one["records"], two["records"]):
-        assert b["fd"] == pytest.approx(a["fd"], rel=1e-6) and a["fd"] > 0
-    for shard in sorted((tmp_path / "one" / "shards").rglob("shard_*.npz")):
+        assert b["fd"] == pytest.approx(a["fd"], rel=1e-6) and a["fd"] > 0  # the bar users are promised
+    shards = sorted((tmp_path / "one" / "shards").rglob("shard_*.npz"))
+    assert len(shards) == 2 * 3  # two records of 12 samples in shards of 5
+    for shard in shards:
         with np.load(shard) as a, np.load(tmp_path / "two" / shard.relative_to(tmp_path / "one")) as b:
             assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["features"], b["features"])
             assert (int(a["world_size"]), int(b["world_size"])) == (1, 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_file, make_folder
-from .checkpoints import Checkpoint, load_checkpoint
 from .distributed import ProcessGroup
 from .errors import SettingsError
 from .networks import EpsModel
 from .noise import SampleNoise
 from .processes import LinearProcess
 from .sampling import check_sampler, sample
-from .shards import Generation, generate, read_shards, write_npz
+from .shards import Generation, generate, read_shards, remove_shards, write_npz
 
 
 def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim",
@@ -47,16 +45,6 @@ def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, met
             out.append(sample(process, model, u_T, nfe, method, order, lam, parameterization, grid=grid,
                               generator=noise, progress=progress, **options).cpu())
     return torch.cat(out)
-
-
-def sample_from_checkpoint(ckpt: str | Path | Checkpoint, n: int, method: str = "gddim", nfe: int = 50,
-                           order: int | None = None, lam: float | None = None, parameterization: str = "R",
-                           seed: int = 0, batch: int = 500, device=None, progress: bool = False, grid="quadratic",
-                           **options) -> torch.Tensor:
-    """Samples of the checkpoint's EMA network with any sampler of gddim.sample."""
-    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
-    return sample_images(checkpoint.process(), checkpoint.network("ema", device), n, nfe, method, order, lam,
-                         parameterization, seed, batch, device, progress, grid, **options)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -138,5 +126,5 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
                   {"images": (n, h, w) if c == 1 else (n, h, w, c), "x": (n, *shape)}, {"world_size": env.world})
         first = [torch.from_numpy(x) for x in read_shards(files[:math.ceil(256 / shard_size)], "x")]
         save_grid(torch.cat(first)[:256], png, text={"world_size": str(env.world)})
-        shutil.rmtree(folder)
+        remove_shards(folder)
     return png, npz

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .atomic import atomic_file, atomic_write_text, make_folder
-from .errors import SamplerError
+from .errors import SamplerError, SettingsError
 from .distributed import ProcessGroup, gather_to_rank0, run_on_rank0
 
 SHARD_NAME = "shard_{:06d}.npz"
@@ -40,6 +40,11 @@ class Generation:
     make: ShardFn
     fields: dict[str, tuple[tuple[int, ...], torch.dtype]]
     settings: dict
+
+    def __post_init__(self):
+        if self.n < 1 or self.shard_size < 1:
+            raise SettingsError(f"a generation needs n >= 1 samples in shards of shard_size >= 1, got n={self.n}, "
+                                f"shard_size={self.shard_size}")
 
     def ranges(self) -> list[range]:
         return [range(start, min(start + self.shard_size, self.n)) for start in range(0, self.n, self.shard_size)]
@@ -109,6 +114,14 @@ def _missing_shards(generation: Generation, folder: Path) -> list[int]:
         atomic_write_text(manifest, json.dumps(settings, indent=2))
     return [j for j, samples in enumerate(generation.ranges())
             if not _complete(folder / SHARD_NAME.format(j), generation, len(samples))]
+
+
+def remove_shards(folder: Path) -> None:
+    """The shards and manifest this module wrote, then folder if that left it empty: nothing else in it is lost."""
+    for path in [*folder.glob("shard_*.npz"), folder / MANIFEST]:
+        path.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _complete(path: Path, generation: Generation, count: int) -> bool:
