@@ -203,3 +203,21 @@ def test_refusals_and_warnings_name_the_key():
         GDDIMFlowScheduler(interpolation="logsnr").set_timesteps(4)
     with pytest.raises(SettingsError, match="set_timesteps"):
         GDDIMFlowScheduler().step(start(), 1000.0, start())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_inference_steps=0), "integer in 1..1000"), (dict(num_inference_steps=2.5), "integer in 1..1000"),
+    (dict(sigmas=[1.0, float("nan")]), "decrease strictly"), (dict(sigmas=[[1.0, 0.5]]), "1-D"),
+])
+def test_bad_step_counts_and_sigmas_are_refused_by_name(kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        GDDIMFlowScheduler().set_timesteps(**kwargs)
+
+
+def test_steps_out_of_order_are_refused():
+    scheduler = GDDIMFlowScheduler()
+    scheduler.set_timesteps(4)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
+    with pytest.raises(SettingsError, match="in order of scheduler.timesteps"):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[3], x)

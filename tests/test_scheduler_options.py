@@ -230,3 +230,10 @@ def test_a_mistyped_keyword_beside_a_config_is_named():
     with pytest.warns(UserWarning, match="solver_ordr=3"):
         sched = GDDIMScheduler.from_config(GDDIMScheduler().config, solver_ordr=3)
     assert sched.config.solver_order == GDDIMScheduler().config.solver_order
+
+
+def test_a_nan_sigma_and_a_lam_that_is_not_a_number_are_refused():
+    with pytest.raises(SettingsError, match="strictly decreasing"):
+        GDDIMScheduler().set_timesteps(sigmas=[10.0, float("nan"), 1.0])
+    with pytest.raises(SettingsError, match="lam"):
+        GDDIMScheduler(lam="0.5")

@@ -196,15 +196,15 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
         i = self._step_index
         if i >= self.num_inference_steps:
             raise SettingsError(f"all {self.num_inference_steps} steps are done; call set_timesteps again for a new loop")
-        if int(timestep) != int(self.timesteps[i]):
-            raise SettingsError(f"step() got timestep {int(timestep)} but step {i} of the schedule is at "
-                                f"{int(self.timesteps[i])}; call the steps in order of scheduler.timesteps")
+        if float(timestep) != float(self.timesteps[i]):  # float: the flow scheduler's timesteps are σ·1000
+            raise SettingsError(f"step() got timestep {float(timestep):g} but step {i} of the schedule is at "
+                                f"{float(self.timesteps[i]):g}; call the steps in order of scheduler.timesteps")
         return i
 
     def _first_index(self, timestep) -> int:
         matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
         if len(matches) == 0:
-            raise SettingsError(f"timestep {int(timestep)} is not in this scheduler's timesteps "
+            raise SettingsError(f"timestep {float(timestep):g} is not in this scheduler's timesteps "
                                 f"{self.timesteps.tolist()}")
         return int(matches[0, 0])
 

@@ -27,6 +27,7 @@ from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal
 from .errors import SettingsError
 from .processes import FlowMatching
 from .multistep import check_start
+from .noise_levels import check_step_count
 from .sampling import Stepper, integrator
 from .scheduler_options import sampler_options
 
@@ -101,6 +102,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
     step_index, begin_index, set_begin_index = (GDDIMScheduler.step_index, GDDIMScheduler.begin_index,
                                                  GDDIMScheduler.set_begin_index)
     __len__, scale_model_input = GDDIMScheduler.__len__, GDDIMScheduler.scale_model_input
+    _index_of, _first_index = GDDIMScheduler._index_of, GDDIMScheduler._first_index
 
     def _shifted(self, sigmas: np.ndarray) -> np.ndarray:
         return self._shift * sigmas / (1 + (self._shift - 1) * sigmas)
@@ -122,7 +124,8 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
                           else torch.from_numpy(levels) * self.config.num_train_timesteps).to(device)
         self.sigmas = torch.cat([torch.from_numpy(levels), torch.zeros(1, dtype=torch.float32)])
         self._times = self.sigmas.double().numpy()
-        if np.any(np.diff(self._times) >= 0) or self._times[0] > 1 or self._times[-1] < 0:
+        if not np.all(np.isfinite(self._times)) or not np.all(np.diff(self._times) < 0) or self._times[0] > 1 \
+                or self._times[-1] < 0:  # written so that a NaN fails it
             raise SettingsError(f"the sigmas must decrease strictly within [0, 1]; got {self._times.tolist()}")
         self._recursion = self._build(0)
         self._stepper = None
@@ -133,10 +136,13 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
         given = [len(x) for x in (sigmas, timesteps) if x is not None]
         if len(set(given + ([num_inference_steps] if num_inference_steps is not None else []))) != 1:
             raise SettingsError("pass num_inference_steps, sigmas or timesteps; when several are given, of one length")
-        n = given[0] if given else int(num_inference_steps)
         n_train = self.config.num_train_timesteps
+        n = given[0] if given else num_inference_steps
+        check_step_count(n, n_train)
         if sigmas is not None:
             levels = np.array(sigmas).astype(np.float32)
+            if levels.ndim != 1:
+                raise SettingsError(f"sigmas must be a 1-D list of noise levels, got shape {levels.shape}")
         elif timesteps is not None:
             levels = np.array(timesteps).astype(np.float32) / n_train
         else:  # float64 until the end, as diffusers computes them
@@ -163,14 +169,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> GDDIMSchedulerOutput | tuple:
         """One gDDIM step from σ_i to σ_(i+1) given the model's velocity (or data prediction) at σ_i."""
-        if self._recursion is None:
-            raise SettingsError("call set_timesteps(num_inference_steps) before step()")
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
-        i = self._step_index
-        if i >= self.num_inference_steps:
-            raise SettingsError(f"all {self.num_inference_steps} steps are done; "
-                                "call set_timesteps again for a new loop")
+        i = self._index_of(timestep)
         work = torch.promote_types(sample.dtype, torch.float32)  # never step in half precision
         x, out = sample.to(work), model_output.to(work)
         layout = lambda v: v.reshape(1, 1, -1, 1, 1)  # the stepper's (B, k, C, H, W) for one scalar mode

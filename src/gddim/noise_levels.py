@@ -65,11 +65,15 @@ class Levels:
             return np.sqrt((1 - self.alpha_bars) / self.alpha_bars)
 
 
+def check_step_count(n, n_train: int) -> None:
+    if not (isinstance(n, (int, np.integer)) and 1 <= n <= n_train):
+        raise SettingsError(f"num_inference_steps must be an integer in 1..{n_train} (num_train_timesteps), got {n!r}")
+
+
 def spaced_timesteps(config, n: int) -> np.ndarray:
     """diffusers' spacings ("Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2)."""
     n_train = config.num_train_timesteps
-    if not (isinstance(n, (int, np.integer)) and 1 <= n <= n_train):
-        raise SettingsError(f"num_inference_steps must be an integer in 1..{n_train} (num_train_timesteps), got {n!r}")
+    check_step_count(n, n_train)
     if config.timestep_spacing == "linspace":
         return np.linspace(0, n_train - 1, n).round()[::-1].astype(np.int64)
     if config.timestep_spacing == "leading":
@@ -151,7 +155,7 @@ def _on_times(process: DiscreteVP, alphas_cumprod: np.ndarray, times: np.ndarray
 def _time_of_sigmas(process: DiscreteVP, sigmas, train_sigmas: np.ndarray) -> np.ndarray:
     sigmas = np.asarray(sigmas, dtype=np.float64)
     low, high = train_sigmas[0], train_sigmas[-1]
-    if sigmas.ndim != 1 or len(sigmas) == 0 or np.any(np.diff(sigmas) >= 0):
+    if sigmas.ndim != 1 or len(sigmas) == 0 or not np.all(np.isfinite(sigmas)) or not np.all(np.diff(sigmas) < 0):
         raise SettingsError(f"sigmas must be a strictly decreasing list of noise levels; got {sigmas.tolist()}")
     if sigmas[-1] < low * (1 - 1e-6) or sigmas[0] > high * (1 + 1e-6):
         raise SettingsError(f"sigmas must lie within the training schedule's [{low:.6g}, {high:.6g}] (timesteps 0.."

@@ -83,8 +83,8 @@ def sampler_options(solver_order: int, data: bool, use_corrector: bool, lower_or
     _check_flags(use_corrector=use_corrector, lower_order_final=lower_order_final)
     if interpolation not in INTERPOLATIONS:
         raise SettingsError(f"unknown interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
-    if not 0.0 <= lam <= 1.0:
-        raise SettingsError(f"lam (λ) must lie in [0, 1], got {lam}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) or not 0.0 <= lam <= 1.0:
+        raise SettingsError(f"lam (λ) must be a number in [0, 1], got {lam!r}")
     if lam > 0 and not data and (solver_order > 1 or use_corrector):
         raise SettingsError("stochastic gDDIM (lam > 0) with solver_order > 1 or use_corrector extrapolates the data "
                             "prediction: pass predict_x0=True, or solver_order=1 and use_corrector=False")
