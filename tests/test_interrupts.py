@@ -249,3 +249,21 @@ def test_sample_never_overwrites_earlier_output_silently(cld_run, tmp_path, caps
     assert main(command + ["--seed", "1", "--overwrite"]) == 0
     assert prefix.with_suffix(".npz").read_bytes() != earlier[".npz"] and prefix.with_suffix(".png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]  # no temporary files left
+
+
+def test_a_sample_run_stopped_after_its_npz_finishes_on_the_same_command(cld_run, tmp_path, monkeypatch):
+    from gddim import generation
+
+    prefix = tmp_path / "s"
+    command = ["sample", str(cld_run), "--nfe", "4", "--num-samples", "3", "--out", str(prefix)]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "save_grid", stopped)  # killed between writing PREFIX.npz and PREFIX.png
+        with pytest.raises(KeyboardInterrupt):
+            main(command)
+    assert prefix.with_suffix(".npz").is_file() and not prefix.with_suffix(".png").exists()
+    assert main(command) == 0  # not refused as someone else's output: the shards beside it are this run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]

@@ -97,6 +97,11 @@ def save_npz(images: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def shard_folder(prefix: Path) -> Path:
+    """Where write_samples keeps the shards of PREFIX until PREFIX.npz and PREFIX.png hold them."""
+    return prefix.with_name(prefix.name + ".shards")
+
+
 def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n: int, nfe: int, options: dict,
                   env: ProcessGroup, seed: int = 0, batch: int = 500, grid="quadratic", shard_size: int = 1000,
                   source: str = "", progress: bool = True, model_options: dict | None = None) -> tuple[Path, Path]:
@@ -107,7 +112,7 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
     the shards' settings. Under torchrun the ranks split the shards, rank 0 writes."""
     prefix = Path(prefix)
     png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
-    folder = prefix.with_name(prefix.name + ".shards")
+    folder = shard_folder(prefix)
     shape = (model.data_channels, model.image_size, model.image_size)
     check_sampler(process, nfe, **options, grid=grid)  # on every rank: one failing alone would leave the rest waiting
 

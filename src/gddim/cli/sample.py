@@ -67,9 +67,13 @@ def run(args) -> int:
 
 
 def _check_free(prefix: Path, overwrite: bool) -> None:
-    """Refuse to replace PREFIX.png / PREFIX.npz without --overwrite, before minutes of sampling."""
+    """Refuse to replace PREFIX.png / PREFIX.npz without --overwrite, before minutes of sampling; outputs beside
+    unfinished shards are that run's own (stopped between writing them), which the same command finishes."""
+    from ..generation import shard_folder
+    from ..shards import MANIFEST
+
     outputs = (prefix.with_name(prefix.name + ext) for ext in (".png", ".npz"))
     existing = [str(path) for path in outputs if path.exists()]
-    if existing and not overwrite:
+    if existing and not overwrite and not (shard_folder(prefix) / MANIFEST).is_file():
         raise OutputExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                                 "choose another --out, or pass --overwrite to replace what is there")
