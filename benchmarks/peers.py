@@ -45,6 +45,9 @@ def plot(result: dict, path: Path, title: str) -> None:
             ax.plot(nfes, [_error(r["per_peer_best"][name]) for r in rows], ":", marker="^", color=color,
                     label=f"{name} (best setting)")
         ax.plot(nfes, [_error(r["gddim_best"]) for r in rows], "-", marker="o", color="k", label="gDDIM best variant")
+        if any(r.get("gddim_tuned") for r in rows):
+            ax.plot(nfes, [_error(r.get("gddim_tuned")) for r in rows], "-.", marker="D", color="tab:cyan",
+                    label="gDDIM default on the grid tuned to the model")
         if any(r["gddim_default"] for r in rows):
             default = result["settings"]["gddim_default"]
             ax.plot(nfes, [_error(r["gddim_default"]) for r in rows], "--", marker="s", color="0.5",
@@ -69,11 +72,13 @@ def _ratio(value: float | None) -> str:
 
 
 def print_summary(result: dict) -> None:
-    print("gDDIM / best peer at t_end (any setting): best variant, default; on the same levels (trailing):")
+    print("gDDIM / best peer at t_end (any setting): best variant, default, default on the tuned grid; on the same "
+          "levels (trailing):")
     for row in result["summary"]:
         cells = [f"{m[:4]} {(row[m]['best_peer'] or {}).get('sampler')}@{(row[m]['best_peer'] or {}).get('setting')} "
                  f"{_ratio(row[m]['ratio_best'])}, "
-                 f"{_ratio(row[m]['ratio_default'])}; {_ratio(row[m]['same_levels']['ratio'])}"
+                 f"{_ratio(row[m]['ratio_default'])}, {_ratio(row[m].get('ratio_tuned'))}; "
+                 f"{_ratio(row[m]['same_levels']['ratio'])}"
                  for m in ("path_error", "data_error")]
         print(f"  nfe {row['nfe']:3d}: " + "   ".join(cells))
 

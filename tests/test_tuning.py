@@ -16,7 +16,8 @@ from gddim.data import load_images
 from gddim.grid_files import grid_record, read_grid_file, write_grid_file
 from gddim.grids import steps_for_nfe, time_grid
 from gddim.sampling import plan, run_recursion
-from gddim.tuning import STEP_SAMPLER, model_step_costs, shortest_path, step_costs_of_path, tune_grid
+from gddim.tuning import (SELECTION_GRIDS, SHORTEST_PATH, STEP_SAMPLER, model_step_costs, shortest_path, smooth_grid,
+                          step_costs_of_path, tune, tune_grid)
 
 import reference as ref
 
@@ -75,6 +76,38 @@ def test_tuned_grid_beats_quadratic_on_held_out_batch(name, nfe):
     tuned = rms_error(gddim.sample(process, eps_fn, held_out, nfe, grid=times), truth)
     quadratic = rms_error(gddim.sample(process, eps_fn, held_out, nfe, grid="quadratic"), truth)
     assert tuned < 0.9 * quadratic, (tuned, quadratic)
+
+
+@pytest.mark.parametrize("name", ["vp-linear", "cld"])
+def test_tune_keeps_the_candidate_whose_end_is_nearest_an_independent_solve(name):
+    """Each recorded end error is the sampler's gap to the ODE solved again, independently and tighter, from u_T."""
+    process = ref.build(name)
+    eps_fn = gddim.exact_eps(process, load_images("digits")[:64])
+    u_T = process.prior_sample((16, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tuned = tune(process, eps_fn, u_T, 8, candidates=30, rtol=1e-9)
+    steps = steps_for_nfe(process, 8)
+    assert set(tuned.end_errors) >= {SHORTEST_PATH, *SELECTION_GRIDS}
+    assert tuned.chosen == min(tuned.end_errors, key=tuned.end_errors.get) and tuned.sampler == "gddim"
+    truth = gddim.reference_ode(process, eps_fn, u_T, rtol=1e-11, atol=1e-11, denoise=False, return_state=True)
+    for label, grid in {"quadratic": "quadratic", "uniform": "uniform", tuned.chosen: tuned.times}.items():
+        end = gddim.sample(process, eps_fn, u_T, steps, grid=grid, denoise=False, return_state=True)
+        assert tuned.end_errors[label] == pytest.approx(rms_error(end, truth), rel=1e-5), label
+    assert tuned.model_calls > steps * len(tuned.end_errors)
+
+
+def test_smoothing_leaves_a_log_snr_grid_and_shrinks_jitter_threefold():
+    """A grid uniform in log-SNR is a fixed point; steps alternating a, b, a, ... in log-SNR differ by |a - b| / 3 after."""
+    process = ref.build("vp-linear")
+    even = time_grid(process, 12, "logsnr")
+    np.testing.assert_allclose(smooth_grid(process, even, 3), even, rtol=1e-9)
+    ends = process.log_snr(np.array([process.t_start, process.t_end]))
+    log_steps = np.tile(np.log([1.0, 2.0]), 6)
+    targets = ends[0] + np.concatenate([[0], np.cumsum(np.exp(log_steps))]) * (ends[1] - ends[0]) / 18
+    jittered = process.time_of_log_snr(targets, process.t_end, process.t_start)
+    smoothed = smooth_grid(process, jittered, 3)
+    assert smoothed[0] == jittered[0] and smoothed[-1] == jittered[-1] and np.all(np.diff(smoothed) < 0)
+    log_sizes = np.log(np.diff(process.log_snr(smoothed)))
+    assert np.max(np.abs(np.diff(log_sizes))) == pytest.approx(np.log(2.0) / 3, rel=1e-6)
 
 
 def test_model_step_costs_counts_calls_and_candidates():
@@ -185,6 +218,7 @@ def test_cli_tune_grid_sample_evaluate(tmp_path, capsys):
     record = read_grid_file(grid)
     assert record["nfe"] == 5 and record["steps"] == 4 and record["tuned_on"]["candidates"] == 12
     assert record["tuned_on"]["step_sampler"] == STEP_SAMPLER.label == "gddim:q=0"
+    assert record["tuned_on"]["chosen"] in record["tuned_on"]["end_errors"] and record["tuned_on"]["judged_by"] == "gddim"
     assert main(tune) == 2 and "exists" in capsys.readouterr().err  # never overwrites
     assert main([*tune[:5], str(tmp_path / "g2.json"), "--nfe", "20", "--candidates", "12"]) == 2
     assert "use candidates >= 20" in capsys.readouterr().err

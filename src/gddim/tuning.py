@@ -6,10 +6,16 @@ those states. The cost of the edge a → b (t_a > t_b) is the RMS over the batch
 
     one deterministic gDDIM q = 0 step   Ψ(t_b, t_a) u_a + (R_b - Ψ(t_b, t_a) R_a) ε(u_a, t_a)   minus   u_b,
 
-closed-form coefficients for all K(K-1)/2 pairs at once. The grid of N steps is the path of exactly N edges from
-the first to the last candidate with the least summed cost, found by dynamic programming in O(N K²).
+closed-form coefficients for all K(K-1)/2 pairs at once. The shortest path of N steps is the path of exactly N
+edges from the first to the last candidate with the least summed cost, found by dynamic programming in O(N K²).
 Cost: the ODE solve's model calls (a few hundred, each on the batch of B) plus K calls; StepCosts records both.
-For multistep samplers the grid is chosen with the one-step cost and the multistep sampler is run on it.
+
+The one-step cost prices each step alone, but multistep samplers also pay for uneven neighbouring steps: the
+path's steps jump between one and two candidate spacings, and at NFE ≥ 15 that jitter can cost a multistep
+sampler 10-1000x its error on the quadratic grid. So `tune` also smooths the path (each log-SNR step replaced by
+the geometric mean of its neighbours') and runs the sampler itself on the same u_T through the path, its
+smoothed forms and the quadratic and uniform grids, and keeps the grid whose end state is nearest the teacher's:
+N model calls per candidate grid, and never worse than the quadratic grid on the tuning batch.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from . import blocks
 from .errors import SettingsError
 from .grids import steps_for_nfe, time_grid
 from .processes import LinearProcess
-from .sampling import EpsFn, host_model, probability_flow
+from .sampling import EpsFn, host_model, probability_flow, sample
 from .spec import SamplerSpec
 
 STEP_SAMPLER = SamplerSpec(order=0)  # the sampler whose one-step error prices a step (step_costs_of_path)
@@ -35,14 +41,18 @@ CANDIDATE_GRID = "logsnr"
 # DOP853 crawl below ~1e-6 (a tiny digits CLD model: 4261 calls at 1e-7)
 TEACHER_RTOL = 1e-5
 CHUNK_ELEMENTS = 2**24  # bounds the memory of one batch of candidate steps to ~128 MB of float64
+SMOOTHING_WINDOWS = (3, 5)  # steps averaged (geometrically, in log-SNR) by the smoothed shortest paths
+SELECTION_GRIDS = ("quadratic", "uniform")  # named grids that also compete, so tuning never loses to them
+SHORTEST_PATH = "shortest path"
 
 
 @dataclass(frozen=True)
 class StepCosts:
-    """The candidate times, the cost of every step between them and what finding them cost."""
+    """The candidate times, the cost of every step between them, the teacher's end state and what they cost."""
 
     times: np.ndarray  # (K,) decreasing candidate times
     costs: np.ndarray  # (K, K): costs[a, b] for the step times[a] -> times[b], inf unless a < b
+    teacher_end: torch.Tensor  # the accurate ODE's state at times[-1] from the prior samples, float64
     batch: int  # prior samples B
     model_calls: int  # calls of the model, each on the whole batch
     seconds: float
@@ -132,7 +142,7 @@ def model_step_costs(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, c
     eps = torch.stack([process.from_basis(model(process.to_basis(states[i]), float(times[i]), i))
                        for i in tqdm(range(len(times)), disable=not progress, desc="model at candidates", leave=False)])
     costs = step_costs_of_path(process, times, states, eps)
-    return StepCosts(times, costs, len(u_T), calls + model.calls, time.perf_counter() - began)
+    return StepCosts(times, costs, states[-1], len(u_T), calls + model.calls, time.perf_counter() - began)
 
 
 def tuned_steps(process: LinearProcess, nfe: int, candidates: int, denoise: bool | None = None) -> int:
@@ -144,12 +154,72 @@ def tuned_steps(process: LinearProcess, nfe: int, candidates: int, denoise: bool
     return n_steps
 
 
-def tune_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, candidates: int = CANDIDATES,
-              denoise: bool | None = None, t_start: float | None = None, t_end: float | None = None,
-              rtol: float = TEACHER_RTOL, progress: bool = False) -> np.ndarray:
-    """The grid (decreasing times, t_start .. t_end) of the steps that `nfe` buys, tuned to eps_fn from prior samples u_T.
+def smooth_grid(process: LinearProcess, times: np.ndarray, window: int) -> np.ndarray:
+    """times with each log-SNR step replaced by the geometric mean of the `window` steps around it (ends kept).
 
-    Pass it as sample(..., nfe, grid=times), or store it with gddim.grid_files (gddim tune-grid does both).
+    The steps are rescaled to span the same log-SNR, so a grid uniform in log-SNR is left as it is.
+    """
+    log_snr = process.log_snr(np.asarray(times, dtype=np.float64))
+    log_steps = np.log(np.diff(log_snr))
+    padded = np.pad(log_steps, window // 2, mode="edge")
+    steps = np.exp(np.convolve(padded, np.full(window, 1.0 / window), mode="valid"))
+    targets = log_snr[0] + np.concatenate([[0.0], np.cumsum(steps * (log_snr[-1] - log_snr[0]) / steps.sum())])
+    smoothed = process.time_of_log_snr(targets, times[-1], times[0])
+    smoothed[0], smoothed[-1] = times[0], times[-1]  # exact endpoints despite the inverse's round-off
+    return smoothed
+
+
+def candidate_grids(process: LinearProcess, costs: StepCosts, n_steps: int) -> dict[str, np.ndarray]:
+    """The grids `tune` chooses among: the shortest path, its smoothed forms and SELECTION_GRIDS, all of n_steps."""
+    path = costs.grid(n_steps)
+    grids = {SHORTEST_PATH: path}
+    grids |= {f"{SHORTEST_PATH} smoothed over {w} steps": smooth_grid(process, path, w)
+              for w in SMOOTHING_WINDOWS if w <= n_steps}
+    grids |= {name: time_grid(process, n_steps, name, costs.times[0], costs.times[-1]) for name in SELECTION_GRIDS}
+    return grids
+
+
+@dataclass(frozen=True)
+class TunedGrid:
+    """The chosen grid, its name among the candidates and each candidate's end error on the tuning batch."""
+
+    times: np.ndarray
+    chosen: str
+    end_errors: dict[str, float]  # RMS gap of the sampler's end state to the teacher's, per candidate grid
+    sampler: str  # the label of the sampler that judged the candidates
+    model_calls: int  # the teacher's, the candidates' and the judging runs'
+    seconds: float
+
+
+def select_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, costs: StepCosts, n_steps: int,
+                sampler: SamplerSpec = SamplerSpec()) -> TunedGrid:
+    """The candidate grid on which `sampler` ends nearest the teacher from the same prior samples u_T."""
+    began = time.perf_counter()
+    grids = candidate_grids(process, costs, n_steps)
+    errors = {}
+    for name, times in grids.items():
+        with torch.no_grad():
+            end = sample(process, eps_fn, u_T, n_steps, grid=times, denoise=False, return_state=True,
+                         **sampler.options())
+        errors[name] = float(torch.sqrt(torch.mean((end.to("cpu", torch.float64) - costs.teacher_end) ** 2)))
+    chosen = min(errors, key=errors.get)
+    return TunedGrid(grids[chosen], chosen, errors, sampler.label, costs.model_calls + len(grids) * n_steps,
+                     costs.seconds + time.perf_counter() - began)
+
+
+def tune(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, candidates: int = CANDIDATES,
+         denoise: bool | None = None, t_start: float | None = None, t_end: float | None = None,
+         rtol: float = TEACHER_RTOL, sampler: SamplerSpec = SamplerSpec(), progress: bool = False) -> TunedGrid:
+    """The grid (decreasing times, t_start .. t_end) of the steps that `nfe` buys, tuned to eps_fn from prior samples
+    u_T for `sampler` (the default sampler unless given), with how it was chosen (module doc).
+
+    Pass its times as sample(..., nfe, grid=times), or store them with gddim.grid_files (gddim tune-grid does both).
     """
     n_steps = tuned_steps(process, nfe, candidates, denoise)
-    return model_step_costs(process, eps_fn, u_T, candidates, t_start, t_end, rtol, progress).grid(n_steps)
+    costs = model_step_costs(process, eps_fn, u_T, candidates, t_start, t_end, rtol, progress)
+    return select_grid(process, eps_fn, u_T, costs, n_steps, sampler)
+
+
+def tune_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, **options) -> np.ndarray:
+    """tune(...).times: the tuned grid alone."""
+    return tune(process, eps_fn, u_T, nfe, **options).times

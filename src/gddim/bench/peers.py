@@ -14,7 +14,8 @@ only runs landing at t_end (as gDDIM does): a run landing at t = 0 ends on a tra
 says whether it is the reference's point.
 
 gDDIM runs the `GddimVariant`s of GDDIM_VARIANTS: a sampler spec (gddim.spec) on a grid, where grid "trailing"
-means the family's own trailing call and landing times. A record names its sampler in "sampler" (gDDIM: the
+means the family's own trailing call and landing times and grid "tuned to the model" the grid gddim.tuning finds
+for the same exact ε from TUNING_BATCH other prior samples (seed + 1), as `gddim tune-grid` does for a network. A record names its sampler in "sampler" (gDDIM: the
 canonical spec; peers: the peer's name) and its grid or spacing in "setting"; (sampler, setting) is its key.
 """
 
@@ -32,12 +33,15 @@ from ..grids import steps_for_nfe, time_grid
 from ..processes import LinearProcess
 from ..sampling import EpsFn, reference_ode, sample
 from ..spec import SamplerSpec
+from ..tuning import StepCosts, model_step_costs, select_grid
 from .records import CountingEps, data_error, machine_info, reference_solution, rms_error
 
 NFES = (5, 10, 15, 20, 50)
 ERRORS = ("path_error", "path_error_vs_t_end_reference", "data_error")
 SAME_END = 1e-6  # a landing within this of t_end counts as t_end (float32 ᾱ_0 lands 2.2e-7 above it)
 SHARED_GRID = "trailing"  # gDDIM on the peers' own trailing times
+TUNED_GRID = "tuned to the model"  # gDDIM on the grid gddim.tuning finds for the benchmark's exact ε
+TUNING_BATCH, TUNING_CANDIDATES, TUNING_RTOL = 128, 120, 1e-7  # exact float64 scores allow a tight teacher
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class GddimVariant:
 
 
 # the default sampler (no order named: q = 2, data form, corrector) and the paper's gDDIM of each order, on each grid
-GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid) for grid in (SHARED_GRID, "quadratic")) + tuple(
+GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid) for grid in (SHARED_GRID, "quadratic", TUNED_GRID)) + tuple(
     GddimVariant(SamplerSpec(order=q), grid) for grid in (SHARED_GRID, "quadratic", "logsnr") for q in range(4))
 GDDIM_DEFAULT = GddimVariant(SamplerSpec(), "quadratic")
 
@@ -119,10 +123,10 @@ def landing(process: LinearProcess, times: np.ndarray) -> dict:
 
 
 def run_gddim(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, variant: GddimVariant,
-              shared: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """One gDDIM variant; returns x and the times it used."""
-    if variant.grid == SHARED_GRID:
-        grid, times = shared, shared
+              own: dict[str, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+    """One gDDIM variant; returns x and the times it used. own: the times of this NFE's SHARED_GRID (and TUNED_GRID)."""
+    if variant.grid in own:
+        grid, times = own[variant.grid], own[variant.grid]
     else:
         grid, times = variant.grid, time_grid(process, steps_for_nfe(process, nfe), variant.grid)
     return sample(process, eps_fn, u_T, nfe, grid=grid, **variant.spec.options()), times
@@ -169,14 +173,20 @@ def benchmark(family: PeerFamily, data: torch.Tensor, nfes=NFES, batch: int = 25
     progress(f"reference ODE: {refs.info[f'rtol={rtol:g}']['model_calls']} calls, halving the tolerance moves it by "
              f"{refs.info['rms_difference_rtol_vs_half']:.2e}")
     measure = _Measure(family, refs, data, CountingEps(exact), progress)
+    teacher = _tuning_teacher(process, exact, u_T, seed) if any(v.grid == TUNED_GRID for v in variants) else None
     for nfe in nfes:
-        shared = family.shared_times(nfe)
+        own = {SHARED_GRID: family.shared_times(nfe)}
+        if teacher is not None:
+            tuned = select_grid(process, exact, teacher[0], teacher[1], steps_for_nfe(process, nfe))
+            own[TUNED_GRID] = tuned.times
+            progress(f"tuned grid for nfe {nfe}: {tuned.chosen}")
         for variant in variants:
-            x, times = run_gddim(process, measure.eps_fn, u_T, nfe, variant, shared)
-            measure.record(variant.spec.label, "gddim", variant.grid, nfe, x, times, {})
+            x, times = run_gddim(process, measure.eps_fn, u_T, nfe, variant, own)
+            extra = {"tuned_grid_chosen": tuned.chosen} if variant.grid == TUNED_GRID else {}
+            measure.record(variant.spec.label, "gddim", variant.grid, nfe, x, times, extra)
         for name, setting in family.settings():
             run = family.run(name, setting, measure.eps_fn, u_T, nfe)
-            measure.record(name, family.library, setting, nfe, run.x, run.times, family.gaps(run, shared))
+            measure.record(name, family.library, setting, nfe, run.x, run.times, family.gaps(run, own[SHARED_GRID]))
     refs.info["landings"] = sorted(refs.cache)
     default_entry = {"sampler": default.spec.label, "setting": default.grid}
     return {"reference": refs.info, "records": measure.records, "summary": summarize(measure.records, default),
@@ -184,6 +194,13 @@ def benchmark(family: PeerFamily, data: torch.Tensor, nfes=NFES, batch: int = 25
                          "process": process.config(), "data_points": len(data), "data_shape": list(data.shape[1:]),
                          **family.description()},
             "machine": machine_info(device="cpu", **family.description().get("versions", {}))}
+
+
+def _tuning_teacher(process: LinearProcess, exact: EpsFn, u_T: torch.Tensor, seed: int) -> tuple[torch.Tensor, StepCosts]:
+    """The prior samples the tuned grids are found from (seed + 1: none of the measured ones) and their step costs."""
+    u_tune = process.prior_sample((TUNING_BATCH, *u_T.shape[1:]), generator=torch.Generator().manual_seed(seed + 1),
+                                  dtype=torch.float64)
+    return u_tune, model_step_costs(process, exact, u_tune, TUNING_CANDIDATES, rtol=TUNING_RTOL)
 
 
 def _best(rows: list[dict], metric: str) -> dict | None:
@@ -209,6 +226,7 @@ def _compare(pool: list[dict], metric: str, default: GddimVariant) -> dict:
     ours = [r for r in pool if r["family"] == "gddim"]
     best_peer, best_ours = _best(peers, metric), _best(ours, metric)
     mine = next((r for r in ours if (r["sampler"], r["setting"]) == default.key() and r[metric] is not None), None)
+    tuned = _best([r for r in ours if r["setting"] == TUNED_GRID], metric)
     same_peer = _best([r for r in peers if r["setting"] == SHARED_GRID], metric)
     same_ours = _best([r for r in ours if r["setting"] == SHARED_GRID], metric)
     return {"per_peer_best": {p: _entry(_best([r for r in peers if r["sampler"] == p], metric), metric)
@@ -216,6 +234,7 @@ def _compare(pool: list[dict], metric: str, default: GddimVariant) -> dict:
             "best_peer": _entry(best_peer, metric), "gddim_best": _entry(best_ours, metric),
             "ratio_best": _ratio(best_ours, best_peer, metric),
             "gddim_default": _entry(mine, metric), "ratio_default": _ratio(mine, best_peer, metric),
+            "gddim_tuned": _entry(tuned, metric), "ratio_tuned": _ratio(tuned, best_peer, metric),
             "same_levels": {"best_peer": _entry(same_peer, metric), "gddim_best": _entry(same_ours, metric),
                             "ratio": _ratio(same_ours, same_peer, metric)}}
 

@@ -11,10 +11,11 @@ from .options import device, integer, non_empty, non_negative, number, positive
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "tune-grid", help="tune a time grid to a checkpoint's EMA model at one NFE -> grid file (JSON)",
-        description="Draws --batch prior samples, solves their probability-flow ODE accurately with the model, and "
-                    "picks the --nfe grid among --candidates times that minimizes the summed error of single gDDIM "
-                    "steps. No data needed. Use the file with `gddim sample/evaluate --grid FILE` or "
-                    "gddim.sample(..., grid=FILE).")
+        description="Draws --batch prior samples, solves their probability-flow ODE accurately with the model, "
+                    "finds the --nfe grid among --candidates times that minimizes the summed error of single gDDIM "
+                    "steps, and keeps it, a smoothed form of it or the quadratic or uniform grid: whichever brings "
+                    "the default sampler nearest the accurate solution. No data needed. Use the file with "
+                    "`gddim sample/evaluate --grid FILE` or gddim.sample(..., grid=FILE).")
     p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
     p.add_argument("--nfe", type=positive, required=True, help="the NFE the grid is for (CLD: the denoising step included)")
     p.add_argument("--out", type=non_empty, required=True, help="grid file to write (JSON); an existing file is never overwritten")
@@ -40,7 +41,7 @@ def _tune(args) -> None:
 
     from ..grid_files import grid_record, write_grid_file
     from ..checkpoints import load_checkpoint
-    from ..tuning import CANDIDATES, STEP_SAMPLER, TEACHER_RTOL, model_step_costs, tuned_steps
+    from ..tuning import CANDIDATES, STEP_SAMPLER, TEACHER_RTOL, tune, tuned_steps
 
     candidates = CANDIDATES if args.candidates is None else args.candidates
     rtol = TEACHER_RTOL if args.rtol is None else args.rtol
@@ -49,17 +50,18 @@ def _tune(args) -> None:
         raise OutputExistsError(f"{out} exists; remove it or choose another --out")
     checkpoint = load_checkpoint(args.checkpoint)
     process, model = checkpoint.process(), checkpoint.network("ema", args.device)
-    n_steps = tuned_steps(process, args.nfe, candidates)  # bad settings fail before minutes of ODE solving
+    tuned_steps(process, args.nfe, candidates)  # bad settings fail before minutes of ODE solving
     device = next(model.parameters()).device
     shape = (args.batch, model.data_channels, model.image_size, model.image_size)
     u_T = process.prior_sample(shape, generator=torch.Generator(device=device).manual_seed(args.seed), device=device)
     with torch.no_grad():
-        costs = model_step_costs(process, model, u_T, candidates, rtol=rtol, progress=True)
-    times = costs.grid(n_steps)
+        tuned = tune(process, model, u_T, args.nfe, candidates, rtol=rtol, progress=True)
     tuned_on = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "batch": args.batch, "seed": args.seed,
-                "candidates": candidates, "rtol": rtol, "model_calls": costs.model_calls,
-                "seconds": round(costs.seconds, 2), "step_sampler": STEP_SAMPLER.label,
-                "summed_step_cost": float(costs.path_cost(n_steps))}
-    write_grid_file(out, grid_record(times, args.nfe, process, tuned_on))
-    print(f"grid of {n_steps} steps for nfe={args.nfe}: " + ", ".join(f"{t:.4g}" for t in times))
-    print(f"{costs.model_calls} model calls on {args.batch} samples, {costs.seconds:.1f} s -> {out}")
+                "candidates": candidates, "rtol": rtol, "model_calls": tuned.model_calls,
+                "seconds": round(tuned.seconds, 2), "step_sampler": STEP_SAMPLER.label, "chosen": tuned.chosen,
+                "judged_by": tuned.sampler, "end_errors": tuned.end_errors}
+    write_grid_file(out, grid_record(tuned.times, args.nfe, process, tuned_on))
+    print(f"grid of {len(tuned.times) - 1} steps for nfe={args.nfe} ({tuned.chosen}): "
+          + ", ".join(f"{t:.4g}" for t in tuned.times))
+    print("end error on the tuning batch: " + ", ".join(f"{k} {v:.3g}" for k, v in tuned.end_errors.items()))
+    print(f"{tuned.model_calls} model calls on {args.batch} samples, {tuned.seconds:.1f} s -> {out}")
