@@ -57,6 +57,26 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
     assert len(losses) == 2 and losses[0] == losses[1]  # the all-reduced mean loss, the same on both ranks
 
 
+REFUSED_FOLDER_SCRIPT = DDP_SCRIPT.split("out = sys.argv[1]")[0] + """
+from gddim.errors import UserFileError
+out = sys.argv[1]
+open(out + "/a_file", "w").close()
+try:  # rank 0 cannot make the run folder under a file: every rank must hear of it, none may wait in DDP
+    train(gddim.CLD(), load_images("digits")[:64], out + "/a_file/run", net, TrainConfig(steps=2, batch_size=8),
+          {"source": "digits", "image_size": None}, progress=False)
+    outcome = "trained"
+except UserFileError as err:
+    outcome = "refused: " + str(err).split(" (")[0]
+open(f"{out}/rank{os.environ['RANK']}.txt", "w").write(outcome)
+"""
+
+
+def test_a_folder_rank0_cannot_make_stops_every_rank(tmp_path):
+    _two_ranks(tmp_path, REFUSED_FOLDER_SCRIPT)
+    expected = f"refused: cannot make the folder {tmp_path}/a_file/run"
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)] == [expected, expected]
+
+
 GROUP_SCRIPT = """
 import sys, torch
 from gddim.distributed import from_rank0, gather_rows, gather_to_rank0, process_group, run_on_rank0, shard

@@ -135,14 +135,19 @@ def _start(process, images, out_dir, network, config, data_info, resume, group: 
         state = run_on_rank0(group, resume_state, checkpoint)
         start = state["step"]
         restore(model, ema, optimizer, state, group.device)
-    if group.is_main:
-        if checkpoint is None and out_dir.exists():
-            clear_unfinished_start(out_dir)
-        make_folder(out_dir)
-        _reset_loss_log(out_dir, start)
+    run_on_rank0(group, _prepare_folder, out_dir, checkpoint is None, start)
     result = TrainResult(step=start, checkpoint=checkpoint.path if checkpoint else None, model=model,
                          ema_model=ema.module)
     return _Run(process, config, group, out_dir, meta, model, ema, optimizer, result)
+
+
+def _prepare_folder(out_dir: Path, fresh: bool, start: int) -> None:
+    """Rank 0 readies the run folder; through run_on_rank0 its failure stops every rank instead of leaving the
+    others waiting for it in DDP's first broadcast."""
+    if fresh and out_dir.exists():
+        clear_unfinished_start(out_dir)
+    make_folder(out_dir)
+    _reset_loss_log(out_dir, start)
 
 
 def _loop(run: _Run, images: torch.Tensor, callback, progress: bool) -> None:
