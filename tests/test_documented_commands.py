@@ -48,6 +48,7 @@ PEERS_FASHION = ("python benchmarks/peers.py --dataset fashion-mnist --image-siz
                  "benchmarks/peers_fashion-mnist")
 VP_DEFAULTS_SMOKE = ("--rtol", "1e-6", "--grids", "quadratic,trailing", "--samplers", "gddim,gddim:q=2")
 QUICKSTART = "gddim quickstart --out runs/quickstart"
+TUNE_QUICKSTART = "gddim tune-grid runs/quickstart/run --nfe 5 --out runs/quickstart/g5.json"
 FAST_VARIANTS_SMOKE = ("--processes", "vp", "--batch", "4", "--rtol", "1e-4")
 
 
@@ -73,6 +74,11 @@ SMOKE = {
         Smoke(("--batch", "4", "--tune-batch", "4", "--candidates", "8", "--nfes", "5", "--processes", "vp",
                "--trained-rtol", "1e-1", "--out", "benchmarks/tuned_grids/results.json"),
               replace=(("RUN", "runs/quickstart/run"),), after=QUICKSTART),
+    # a grid tuned to the quickstart's model, then the default sampler on it and on the quadratic grid
+    TUNE_QUICKSTART: Smoke(("--batch", "2", "--candidates", "12", "--rtol", "1e-1"), after=QUICKSTART),
+    **{f"gddim evaluate runs/quickstart/run --grid {grid} --samplers gddim --nfe 5 --num-samples 500 --out "
+       f"runs/quickstart/ev5_{name}": Smoke(("--num-samples", "4", "--batch", "4"), after=TUNE_QUICKSTART)
+       for grid, name in (("runs/quickstart/g5.json", "tuned"), ("quadratic", "quadratic"))},
     "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --out benchmarks/fast_variants_digits":
         Smoke(FAST_VARIANTS_SMOKE + ("--nfes", "5")),
     "OMP_NUM_THREADS=1 python benchmarks/fast_variants.py --shortlist --batch 256 --out "
