@@ -358,6 +358,20 @@ def test_sample_command_takes_a_diffusers_folder(pipeline_folder, tmp_path):
 
 
 
+def test_tune_grid_command_takes_a_diffusers_folder_whose_scheduler_takes_the_file(pipeline_folder, tmp_path):
+    from gddim.cli import main
+    from gddim.grid_files import read_grid_file
+
+    grid = tmp_path / "grid.json"
+    assert main(["tune-grid", str(pipeline_folder), "--nfe", "5", "--out", str(grid), "--batch", "2",
+                 "--candidates", "12", "--rtol", "1e-2"]) == 0
+    record = read_grid_file(grid)
+    assert record["tuned_on"]["checkpoint"] == str(pipeline_folder.resolve()) and record["steps"] == 5
+    sched = GDDIMScheduler.from_pretrained(pipeline_folder, subfolder="scheduler")
+    sched.set_timesteps(timesteps=grid)  # the folder's own DiscreteVP: the file's process matches
+    np.testing.assert_array_equal(sched.timesteps.numpy(), np.round(np.array(record["times"][:-1]) * 1000 - 1))
+
+
 def test_sample_command_on_a_folder_without_its_schedule_is_one_line(pipeline_folder, tmp_path, capsys):
     from gddim.cli import main
 

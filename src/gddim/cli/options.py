@@ -174,3 +174,16 @@ def model_options(parser: argparse.ArgumentParser) -> None:
 def model_call(args) -> dict:
     """gddim.sample's compile and autocast, as far as the flags set them."""
     return {**({"compile": True} if args.compile else {}), **({"autocast": args.autocast} if args.autocast else {})}
+
+
+def load_model(path: str, device=None) -> tuple:
+    """(process, ε-model, resolved source) of a run or checkpoint folder (its EMA network) or of a local diffusers
+    UNet2DModel folder trained on a discrete VP schedule (the model's own DiscreteVP, as GDDIMScheduler's)."""
+    from ..checkpoints import load_checkpoint
+    from ..diffusers import is_diffusers_folder, load_unet_eps
+
+    if is_diffusers_folder(path):
+        model = load_unet_eps(path, device=device)
+        return model.process, model, str(Path(path).expanduser().resolve())
+    checkpoint = load_checkpoint(path)
+    return checkpoint.process(), checkpoint.network("ema", device), str(checkpoint.path)

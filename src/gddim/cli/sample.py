@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..errors import OutputExistsError
 from ..spec import METHODS
-from .options import (device, grid_option, model_call, model_options, non_empty, non_negative, order, output_prefix,
-                      positive, shard_option, unit_interval)
+from .options import (device, grid_option, load_model, model_call, model_options, non_empty, non_negative, order,
+                      output_prefix, positive, shard_option, unit_interval)
 
 
 def _sampler_options(p) -> None:
@@ -42,8 +42,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoints import load_checkpoint
-    from ..diffusers import is_diffusers_folder, load_unet_eps
     from ..distributed import process_group, run_on_rank0
     from ..generation import write_samples
 
@@ -52,12 +50,7 @@ def run(args) -> int:
                **_form(args)}
     with process_group(args.device) as group:
         run_on_rank0(group, _check_free, prefix, args.overwrite)
-        if is_diffusers_folder(args.checkpoint):  # a local diffusers UNet2DModel trained on a discrete VP schedule
-            model = load_unet_eps(args.checkpoint, device=group.device)
-            process, source = model.process, str(Path(args.checkpoint).expanduser().resolve())
-        else:
-            checkpoint = load_checkpoint(args.checkpoint)
-            process, model, source = checkpoint.process(), checkpoint.network("ema", group.device), str(checkpoint.path)
+        process, model, source = load_model(args.checkpoint, group.device)
         grid, npz = write_samples(process, model, prefix, args.num_samples, args.nfe, options, group, args.seed,
                                   args.batch, args.grid, args.shard_size, source, model_options=model_call(args))
         if group.is_main:

@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OutputExistsError
-from .options import device, integer, non_empty, non_negative, number, positive
+from .options import device, integer, load_model, non_empty, non_negative, number, positive
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "tune-grid", help="tune a time grid to a checkpoint's EMA model at one NFE -> grid file (JSON)",
+        "tune-grid", help="tune a time grid to a checkpoint's EMA model (or a diffusers UNet2DModel) at one NFE -> grid file (JSON)",
         description="Draws --batch prior samples, solves their probability-flow ODE accurately with the model, "
                     "finds the --nfe grid among --candidates times that minimizes the summed error of single gDDIM "
                     "steps, and keeps it, a smoothed form of it or the quadratic or uniform grid: whichever brings "
                     "the default sampler nearest the accurate solution. No data needed. Use the file with "
-                    "`gddim sample/evaluate --grid FILE` or gddim.sample(..., grid=FILE).")
-    p.add_argument("checkpoint", type=non_empty, help="run folder or checkpoint folder")
+                    "`gddim sample/evaluate --grid FILE`, gddim.sample(..., grid=FILE) or, for a diffusers folder, "
+                    "GDDIMScheduler.set_timesteps(timesteps=FILE).")
+    p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
     p.add_argument("--nfe", type=positive, required=True, help="the NFE the grid is for (CLD: the denoising step included)")
     p.add_argument("--out", type=non_empty, required=True, help="grid file to write (JSON); an existing file is never overwritten")
     p.add_argument("--batch", type=positive, default=64, help="prior samples to tune on (default 64)")
@@ -40,7 +41,6 @@ def _tune(args) -> None:
     import torch
 
     from ..grid_files import grid_record, write_grid_file
-    from ..checkpoints import load_checkpoint
     from ..tuning import CANDIDATES, STEP_SAMPLER, TEACHER_RTOL, tune, tuned_steps
 
     candidates = CANDIDATES if args.candidates is None else args.candidates
@@ -48,15 +48,15 @@ def _tune(args) -> None:
     out = Path(args.out).expanduser()
     if out.exists():
         raise OutputExistsError(f"{out} exists; remove it or choose another --out")
-    checkpoint = load_checkpoint(args.checkpoint)
-    process, model = checkpoint.process(), checkpoint.network("ema", args.device)
+    process, model, source = load_model(args.checkpoint, args.device)
     tuned_steps(process, args.nfe, candidates)  # bad settings fail before minutes of ODE solving
     device = next(model.parameters()).device
-    shape = (args.batch, model.data_channels, model.image_size, model.image_size)
+    size = model.image_size if isinstance(model.image_size, tuple) else (model.image_size,) * 2
+    shape = (args.batch, model.data_channels, *size)
     u_T = process.prior_sample(shape, generator=torch.Generator(device=device).manual_seed(args.seed), device=device)
     with torch.no_grad():
         tuned = tune(process, model, u_T, args.nfe, candidates, rtol=rtol, progress=True)
-    tuned_on = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "batch": args.batch, "seed": args.seed,
+    tuned_on = {"checkpoint": source, "batch": args.batch, "seed": args.seed,
                 "candidates": candidates, "rtol": rtol, "model_calls": tuned.model_calls,
                 "seconds": round(tuned.seconds, 2), "step_sampler": STEP_SAMPLER.label, "chosen": tuned.chosen,
                 "judged_by": tuned.sampler, "end_errors": tuned.end_errors}
