@@ -62,6 +62,8 @@ def process_group(device=None):
     group = init_process_group(device)
     try:
         yield group
+        if group.owns_group:  # every rank done before any tears down: gloo aborts a rank whose peer left mid-send
+            dist.barrier()
     finally:
         group.close()
 
