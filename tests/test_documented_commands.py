@@ -93,6 +93,8 @@ SMOKE = {
     "OMP_NUM_THREADS=1 python benchmarks/trained_defaults.py --dataset digits":
         Smoke(("--n", "4", "--seeds", "2", "--processes", "cld", "--out", "benchmarks/trained_digits"),
               after=TRAINED_DIGITS),
+    "OMP_NUM_THREADS=1 python benchmarks/grid_scan.py --out benchmarks/grid_scan/results.json":
+        Smoke(("--datasets", "digits", "--n-data", "50", "--batch", "4", "--nfes", "10", "--rtol", "1e-5")),
     "OMP_NUM_THREADS=1 python benchmarks/bdm_gap.py --out benchmarks/bdm_gap":
         Smoke(("--n-data", "50", "--batch", "4", "--nfe", "10"), needs="fashion-mnist"),
     PEERS_DIGITS: Smoke(PEERS_SMOKE),
