@@ -18,6 +18,16 @@ def test_data_error_is_rms_per_dimension_to_the_nearest_point():
     assert records.rms_error(x, data) == pytest.approx(((0.01 * 4 + 0.16) / 8) ** 0.5)
 
 
+def test_median_sample_error_ignores_one_sample_on_another_point():
+    """Three samples within 0.1 of the reference (per dimension) and one a whole unit away: the RMS is set by the
+    one, the median by the three."""
+    reference = torch.zeros(4, 1, 2, 2)
+    x = torch.full((4, 1, 2, 2), 0.1)
+    x[3] = 1.0
+    assert records.rms_error(x, reference) == pytest.approx(((3 * 0.01 + 1.0) / 4) ** 0.5)
+    assert records.median_sample_error(x, reference) == pytest.approx(0.1)
+
+
 def test_counting_eps_counts_and_resets():
     counting = records.CountingEps(lambda u, t: -u)
     for _ in range(3):
