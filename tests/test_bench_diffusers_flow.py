@@ -52,3 +52,6 @@ def test_smoke_run_records_every_sampler_with_its_calls():
     assert runs == expected | {(flow.GDDIM_DEFAULT.label, flow.OWN_GRID)}
     assert all(r["model_calls"] == 5 and r["finite_output"] for r in result["records"])
     assert [(row["nfe"], row["setting"]) for row in result["same_levels"]] == [(5, "shift=1"), (5, "shift=3")]
+    # the peers' own summary has no trailing levels to compare on here: the same-levels table above stands for it
+    summary = result["summary"][0]["path_error"]
+    assert "same_levels" not in summary and "gddim_tuned" not in summary

@@ -223,22 +223,26 @@ def _ratio(ours: dict | None, peer: dict | None, metric: str) -> float | None:
 
 def _compare(pool: list[dict], metric: str, default: GddimVariant) -> dict:
     """Among runs landing at t_end: each peer's best, the best peer against gDDIM's default and best variant, and
-    the same-levels comparison (trailing peers, gDDIM on the trailing grid)."""
+    where the runs hold them, gDDIM on the grid tuned to the model and the same-levels comparison (trailing
+    peers, gDDIM on the trailing grid)."""
     peers = [r for r in pool if r["family"] != "gddim"]
     ours = [r for r in pool if r["family"] == "gddim"]
     best_peer, best_ours = _best(peers, metric), _best(ours, metric)
     mine = next((r for r in ours if (r["sampler"], r["setting"]) == default.key() and r[metric] is not None), None)
-    tuned = _best([r for r in ours if r["setting"] == TUNED_GRID], metric)
-    same_peer = _best([r for r in peers if r["setting"] == SHARED_GRID], metric)
-    same_ours = _best([r for r in ours if r["setting"] == SHARED_GRID], metric)
-    return {"per_peer_best": {p: _entry(_best([r for r in peers if r["sampler"] == p], metric), metric)
-                              for p in dict.fromkeys(r["sampler"] for r in peers)},
-            "best_peer": _entry(best_peer, metric), "gddim_best": _entry(best_ours, metric),
-            "ratio_best": _ratio(best_ours, best_peer, metric),
-            "gddim_default": _entry(mine, metric), "ratio_default": _ratio(mine, best_peer, metric),
-            "gddim_tuned": _entry(tuned, metric), "ratio_tuned": _ratio(tuned, best_peer, metric),
-            "same_levels": {"best_peer": _entry(same_peer, metric), "gddim_best": _entry(same_ours, metric),
-                            "ratio": _ratio(same_ours, same_peer, metric)}}
+    out = {"per_peer_best": {p: _entry(_best([r for r in peers if r["sampler"] == p], metric), metric)
+                             for p in dict.fromkeys(r["sampler"] for r in peers)},
+           "best_peer": _entry(best_peer, metric), "gddim_best": _entry(best_ours, metric),
+           "ratio_best": _ratio(best_ours, best_peer, metric),
+           "gddim_default": _entry(mine, metric), "ratio_default": _ratio(mine, best_peer, metric)}
+    if any(r["setting"] == TUNED_GRID for r in ours):
+        tuned = _best([r for r in ours if r["setting"] == TUNED_GRID], metric)
+        out |= {"gddim_tuned": _entry(tuned, metric), "ratio_tuned": _ratio(tuned, best_peer, metric)}
+    if any(r["setting"] == SHARED_GRID for r in pool):  # a family whose peers have no trailing levels has none
+        same_peer = _best([r for r in peers if r["setting"] == SHARED_GRID], metric)
+        same_ours = _best([r for r in ours if r["setting"] == SHARED_GRID], metric)
+        out["same_levels"] = {"best_peer": _entry(same_peer, metric), "gddim_best": _entry(same_ours, metric),
+                              "ratio": _ratio(same_ours, same_peer, metric)}
+    return out
 
 
 def summarize(records: list[dict], default: GddimVariant = GDDIM_DEFAULT) -> list[dict]:
