@@ -142,8 +142,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, digits,
 
 
 def test_train_config_refuses_a_sample_nfe_too_small_for_its_grids():
-    with pytest.raises(ValueError, match=r"sample_nfe must be at least 4 \(the sample grids use gDDIM q = 2\), got 3"):
-        TrainConfig(sample_nfe=3)
+    with pytest.raises(ValueError, match=r"sample_nfe must be at least 2 \(CLD's denoising step takes one of them\), got 1"):
+        TrainConfig(sample_nfe=1)
+    # the smallest accepted NFE samples every process: the default sampler lowers its order to the steps it has
+    for process in (gddim.VP(), gddim.CLD(), gddim.BDM((4, 4))):
+        u_T = process.prior_sample((2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+        x = gddim.sample(process, gddim.gaussian_eps(process, 0.5), u_T, TrainConfig(sample_nfe=2).sample_nfe)
+        assert x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------
