@@ -12,7 +12,7 @@ from gddim.bench.diffusers_vp import DiffusersVP
 from gddim.bench.records import rms_error
 from gddim.errors import SettingsError
 from gddim.spec import SamplerSpec
-from gddim.tuning import SELECTION_GRIDS, SHORTEST_PATH
+from gddim.tuning import SELECTION_GRIDS, SHORTEST_PATH, SMOOTHING_WINDOWS
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_references_continue_to_each_landing_and_end_on_a_data_point_at_t0(vp):
 
 
 def candidate_grid_names(steps: int) -> set[str]:
-    return {SHORTEST_PATH, *SELECTION_GRIDS, *(f"{SHORTEST_PATH} smoothed over {w} steps" for w in (3, 5) if w <= steps)}
+    return {SHORTEST_PATH, *SELECTION_GRIDS,
+            *(f"{SHORTEST_PATH} smoothed over {w} steps" for w in SMOOTHING_WINDOWS if w <= steps)}
 
 
 def test_benchmark_end_to_end_on_a_few_points(vp):

@@ -149,9 +149,10 @@ class _Measure:
     def record(self, sampler: str, family: str, setting: str, nfe: int, x: torch.Tensor, times: np.ndarray,
                extra: dict) -> None:
         finite = bool(torch.isfinite(x).all())  # a failed run keeps its record, with errors None
-        errors = {"path_error": rms_error(x, self.refs.at(times[-1])),
+        reference = self.refs.at(times[-1])
+        errors = {"path_error": rms_error(x, reference),
                   "path_error_vs_t_end_reference": rms_error(x, self.refs.x_end),
-                  "median_sample_path_error": median_sample_error(x, self.refs.at(times[-1])),
+                  "median_sample_path_error": median_sample_error(x, reference),
                   "data_error": data_error(x, self.data)} if finite else dict.fromkeys(ERRORS)
         self.records.append({"sampler": sampler, "family": family, "setting": setting, "nfe": nfe,
                              "model_calls": self.eps_fn.reset(), "finite_output": finite, **errors,

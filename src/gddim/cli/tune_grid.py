@@ -10,7 +10,8 @@ from .options import device, integer, load_model, non_empty, non_negative, numbe
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "tune-grid", help="tune a time grid to a checkpoint's EMA model (or a diffusers UNet2DModel) at one NFE -> grid file (JSON)",
+        "tune-grid",
+        help="tune a time grid to a checkpoint's EMA model (or a diffusers UNet2DModel) at one NFE -> grid file (JSON)",
         description="Draws --batch prior samples, solves their probability-flow ODE accurately with the model, "
                     "finds the --nfe grid among --candidates times that minimizes the summed error of single gDDIM "
                     "steps, and keeps it, a smoothed form of it or the quadratic or uniform grid: whichever brings "
