@@ -110,6 +110,21 @@ def test_smoothing_leaves_a_log_snr_grid_and_shrinks_jitter_threefold():
     assert np.max(np.abs(np.diff(log_sizes))) == pytest.approx(np.log(2.0) / 3, rel=1e-6)
 
 
+def test_tune_refuses_a_bad_sampler_or_window_before_any_work():
+    process = ref.build("vp-linear")
+    calls = []
+    eps_fn = lambda u, t: calls.append(1) or gddim.gaussian_eps(process, 0.3)(u, t)
+    u_T = process.prior_sample((2, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown sampler method 'ddpm'"):
+        tune(process, eps_fn, u_T, 5, candidates=8, sampler="ddpm")
+    with pytest.raises(ValueError, match="sampler must be a gddim.spec.SamplerSpec or its text"):
+        tune(process, eps_fn, u_T, 5, candidates=8, sampler={"order": 2})
+    assert not calls
+    with pytest.raises(ValueError, match="window must be an odd number of steps, 1 or more"):
+        smooth_grid(process, time_grid(process, 6, "logsnr"), 2)
+    assert tune(process, eps_fn, u_T, 5, candidates=8, rtol=1e-6, sampler="gddim:q=1").sampler == "gddim:q=1"
+
+
 def test_model_step_costs_counts_calls_and_candidates():
     process = ref.build("vp-linear")
     eps_fn = gddim.gaussian_eps(process, 0.3)

@@ -159,6 +159,8 @@ def smooth_grid(process: LinearProcess, times: np.ndarray, window: int) -> np.nd
 
     The steps are rescaled to span the same log-SNR, so a grid uniform in log-SNR is left as it is.
     """
+    if not (isinstance(window, int) and window >= 1 and window % 2 == 1):
+        raise SettingsError(f"window must be an odd number of steps, 1 or more (e.g. 3), got {window!r}")
     log_snr = process.log_snr(np.asarray(times, dtype=np.float64))
     log_steps = np.log(np.diff(log_snr))
     padded = np.pad(log_steps, window // 2, mode="edge")
@@ -209,12 +211,15 @@ def select_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, costs:
 
 def tune(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, candidates: int = CANDIDATES,
          denoise: bool | None = None, t_start: float | None = None, t_end: float | None = None,
-         rtol: float = TEACHER_RTOL, sampler: SamplerSpec = SamplerSpec(), progress: bool = False) -> TunedGrid:
+         rtol: float = TEACHER_RTOL, sampler: SamplerSpec | str = SamplerSpec(), progress: bool = False) -> TunedGrid:
     """The grid (decreasing times, t_start .. t_end) of the steps that `nfe` buys, tuned to eps_fn from prior samples
     u_T for `sampler` (the default sampler unless given), with how it was chosen (module doc).
 
     Pass its times as sample(..., nfe, grid=times), or store them with gddim.grid_files (gddim tune-grid does both).
     """
+    sampler = SamplerSpec.parse(sampler) if isinstance(sampler, str) else sampler
+    if not isinstance(sampler, SamplerSpec):
+        raise SettingsError(f"sampler must be a gddim.spec.SamplerSpec or its text (e.g. 'gddim:q=2'), got {sampler!r}")
     n_steps = tuned_steps(process, nfe, candidates, denoise)
     costs = model_step_costs(process, eps_fn, u_T, candidates, t_start, t_end, rtol, progress)
     return select_grid(process, eps_fn, u_T, costs, n_steps, sampler)
