@@ -15,8 +15,9 @@ says whether it is the reference's point.
 
 gDDIM runs the `GddimVariant`s of GDDIM_VARIANTS: a sampler spec (gddim.spec) on a grid, where grid "trailing"
 means the family's own trailing call and landing times and grid "tuned to the model" the grid gddim.tuning finds
-for the same exact ε from TUNING_BATCH other prior samples (seed + 1), as `gddim tune-grid` does for a network. A record names its sampler in "sampler" (gDDIM: the
-canonical spec; peers: the peer's name) and its grid or spacing in "setting"; (sampler, setting) is its key.
+for the same exact ε from TUNING_BATCH other prior samples (seed + 1), as `gddim tune-grid` does for a network.
+A record names its sampler in "sampler" (gDDIM: the canonical spec; peers: the peer's name) and its grid or
+spacing in "setting"; (sampler, setting) is its key.
 """
 
 from __future__ import annotations
