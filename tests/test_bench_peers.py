@@ -50,7 +50,7 @@ def test_summary_ranks_settings_landing_at_t_end_and_lists_t0_landings_apart():
 
 def test_the_variants_are_specs_on_grids_with_the_default_sampler_among_them():
     keys = [v.key() for v in peers.GDDIM_VARIANTS]
-    assert len(set(keys)) == len(keys) and peers.GDDIM_DEFAULT.key() == ("gddim", "quadratic") in keys
+    assert len(set(keys)) == len(keys) and peers.GDDIM_DEFAULT.key() == ("gddim", gddim.VP.default_grid) in keys
     assert ("gddim:q=2", "trailing") in keys and ("gddim:q=3", "logsnr") in keys and ("gddim", peers.TUNED_GRID) in keys
 
 

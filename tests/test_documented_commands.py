@@ -93,6 +93,12 @@ SMOKE = {
     "OMP_NUM_THREADS=1 python benchmarks/trained_defaults.py --dataset digits":
         Smoke(("--n", "4", "--seeds", "2", "--processes", "cld", "--out", "benchmarks/trained_digits"),
               after=TRAINED_DIGITS),
+    "OMP_NUM_THREADS=1 python benchmarks/angle_grid.py --out benchmarks/angle_grid":
+        Smoke(("--datasets", "digits", "--n-data", "50", "--batch", "4")),
+    # the quickstart's 2-step CLD model stands in for each process's trained run
+    "OMP_NUM_THREADS=1 python benchmarks/angle_grid.py --out benchmarks/angle_grid --runs VP_RUN CLD_RUN BDM_RUN":
+        Smoke(("--n", "4"), replace=tuple((f"{p}_RUN", "runs/quickstart/run") for p in ("VP", "CLD", "BDM")),
+              after=QUICKSTART),
     "OMP_NUM_THREADS=1 python benchmarks/grid_scan.py --out benchmarks/grid_scan/results.json":
         Smoke(("--datasets", "digits", "--n-data", "50", "--batch", "4", "--nfes", "10", "--rtol", "1e-5")),
     "OMP_NUM_THREADS=1 python benchmarks/bdm_gap.py --out benchmarks/bdm_gap":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gddim
-from gddim.grids import GRIDS, steps_for_nfe, time_grid
+from gddim.grids import ANGLE_CENTRE, GRIDS, angle_grid, steps_for_nfe, time_grid
 
 import reference as ref
 
@@ -80,6 +80,38 @@ def test_karras_grid_of_vp_matches_the_peers_sigma_ramp():
     s_max, s_min = (np.sqrt((1 - a) / a) for a in np.exp(process.log_alpha_bar(np.array([1.0, 1e-3]))))
     ramp = (s_max ** (1 / 7) + np.arange(n + 1) / n * (s_min ** (1 / 7) - s_max ** (1 / 7))) ** 7
     np.testing.assert_allclose(np.sqrt((1 - ab) / ab), ramp, rtol=1e-12)
+
+
+@pytest.mark.parametrize("centre", [0.0, ANGLE_CENTRE, -2.0])
+@pytest.mark.parametrize("name", ref.PROCESS_NAMES)
+def test_angle_grid_is_uniform_in_the_shifted_angle(name, centre):
+    """φ = arctan(e^{-(λ - c)/2}) falls in equal steps, so the log-SNR steps 4Δφ / sin 2φ are shortest at λ = c."""
+    process = ref.build(name)
+    ts = angle_grid(process, process.t_start, process.t_end, 16, centre)
+    log_snr = process.log_snr(ts)
+    angles = np.arctan(np.exp(-(log_snr - centre) / 2))
+    np.testing.assert_allclose(np.diff(angles), (angles[-1] - angles[0]) / 16, rtol=1e-9)
+    steps = np.diff(log_snr)
+    assert abs((log_snr[:-1] + log_snr[1:])[np.argmin(steps)] / 2 - centre) < steps.min()
+    if centre == ANGLE_CENTRE:
+        assert np.array_equal(time_grid(process, 16, "angle"), ts)
+
+
+def test_angle_grid_starts_at_zero_snr():
+    """Flow matching's λ = -inf at t = 1 is the angle π/2: the angle grid needs no t_start below it."""
+    process = gddim.FlowMatching()
+    ts = time_grid(process, 6, "angle")
+    angles = np.arctan(np.exp(-(process.log_snr(ts[1:]) - ANGLE_CENTRE) / 2))
+    np.testing.assert_allclose(np.diff(np.concatenate([[np.pi / 2], angles])), (angles[-1] - np.pi / 2) / 6, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name,expected", [("vp-linear", "angle"), ("vp-cosine", "angle"), ("cld", "quadratic"),
+                                           ("bdm", "quadratic")])
+def test_no_grid_named_is_the_process_default(name, expected):
+    """grid=None (sample's default) is the process's default_grid, the one benchmarks/angle_grid chose."""
+    process = ref.build(name)
+    assert process.default_grid == expected
+    assert np.array_equal(time_grid(process, 9), time_grid(process, 9, expected))
 
 
 @pytest.mark.parametrize("grid", ["logsnr", "karras"])

@@ -39,7 +39,7 @@ def real_reference(checkpoint: Checkpoint, data: str | None = None) -> torch.Ten
 def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], nfes: list[int], n: int | None = None,
              seed: int = 0, batch: int = 500, out_dir: str | Path | None = None, real: torch.Tensor | None = None,
              feature_net=None, inception: str | Path | None = None, device=None, progress: bool = False,
-             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid="quadratic",
+             grid_nfes=None, save_metrics: bool = True, data: str | None = None, grid=None,
              shard_size: int = 1000, model_options: dict | None = None) -> dict:
     """Fréchet distance of every sampler at every NFE, with the real-vs-real floor at the same n.
 
@@ -51,13 +51,15 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
     save_metrics is False), under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
     when given), and under shards/ each record's samples (uint8) and features, shard by shard as they are made
     (gddim.shards). A rerun of the same evaluation keeps the records metrics.json holds and the shards made.
-    grid: the time grid of every sampler ("quadratic", "tuned", a grid file of gddim tune-grid, ...).
+    grid: the time grid of every sampler (None: the process's default_grid; "quadratic", "tuned", a grid file of
+    gddim tune-grid, ...).
     model_options: how gddim.sample runs the network (compile, autocast), kept in metrics.json.
     Under torchrun the ranks split every record's samples and rank 0 writes; every rank returns the result.
     """
     with process_group(device) as env:
         checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
         process, model = checkpoint.process(), checkpoint.network("ema", env.device)
+        grid = process.default_grid if grid is None else grid  # named in metrics.json
         samplers = [s if isinstance(s, SamplerSpec) else SamplerSpec.parse(s) for s in samplers]
         for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
             for nfe in nfes:

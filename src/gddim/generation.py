@@ -22,7 +22,7 @@ from .shards import Generation, generate, read_shards, remove_shards, write_npz
 
 def sample_images(process: LinearProcess, model: EpsModel, n: int, nfe: int, method: str = "gddim",
                   order: int | None = None, lam: float | None = None, parameterization: str = "R", seed: int = 0,
-                  batch: int = 500, device=None, progress: bool = False, grid="quadratic", first: int = 0,
+                  batch: int = 500, device=None, progress: bool = False, grid=None, first: int = 0,
                   **options) -> torch.Tensor:
     """Samples first .. first+n-1 of the seed, (n, C, H, W) on the CPU. Sample k draws its starting noise and its
     steps' noise from a generator keyed on (seed, k) (gddim.noise): every sampler starts from the same noise, and
@@ -103,7 +103,7 @@ def shard_folder(prefix: Path) -> Path:
 
 
 def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n: int, nfe: int, options: dict,
-                  env: ProcessGroup, seed: int = 0, batch: int = 500, grid="quadratic", shard_size: int = 1000,
+                  env: ProcessGroup, seed: int = 0, batch: int = 500, grid=None, shard_size: int = 1000,
                   source: str = "", progress: bool = True, model_options: dict | None = None) -> tuple[Path, Path]:
     """PREFIX.npz (as save_npz writes it, with the world size) and PREFIX.png (the first 256) of n samples made in
     shards under PREFIX.shards/ (gddim.shards): a rerun after an interruption makes only the missing shards, and
@@ -114,6 +114,7 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
     png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
     folder = shard_folder(prefix)
     shape = (model.data_channels, model.image_size, model.image_size)
+    grid = process.default_grid if grid is None else grid  # named in the shards' settings
     check_sampler(process, nfe, **options, grid=grid)  # on every rank: one failing alone would leave the rest waiting
 
     def make(samples: range) -> dict[str, torch.Tensor]:

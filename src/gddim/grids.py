@@ -11,10 +11,13 @@ from .errors import SettingsError
 from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
-GRIDS = ("quadratic", "uniform", "logsnr", "karras", "tuned")
+GRIDS = ("quadratic", "uniform", "logsnr", "karras", "angle", "tuned")
 KARRAS_RHO = 7.0  # the ρ of Karras et al. (EDM) and of diffusers' use_karras_sigmas
 # how far above t = 1 an explicit grid may start: times found by inverting ᾱ (peers) land up to 3e-8 above 1
 GRID_END_SLACK = 1e-6
+# the log-SNR the "angle" grid is densest at; measured (benchmarks/angle_grid): -0.5 is within 10% of the best
+# centre for VP on exact digits and fashion-mnist scores at NFE 5-20 and beats the quadratic grid on a trained VP model
+ANGLE_CENTRE = -0.5
 
 
 def power_grid(t_start: float, t_end: float, n_steps: int, kappa: float) -> np.ndarray:
@@ -39,6 +42,20 @@ def karras_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: i
     return _times_of_log_snr(process, -2 * rho * np.log(roots), t_start, t_end)
 
 
+def angle_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int,
+               centre: float = ANGLE_CENTRE) -> np.ndarray:
+    """Uniform in the angle φ = arctan(e^{-(λ - centre)/2}) of the (signal, noise) pair at log-SNR shifted by centre.
+
+    Its log-SNR steps, 4Δφ / sin 2φ, are shortest at λ = centre and grow towards both ends, where a data
+    prediction changes slowly; for centre 0 it is the cosine schedule's uniform grid. φ stays finite at zero SNR.
+    """
+    with np.errstate(divide="ignore", over="ignore"):
+        ends = np.arctan(np.exp(-(process.log_snr(np.array([t_start, t_end])) - centre) / 2))
+    angles = ends[0] + np.arange(n_steps + 1) / n_steps * (ends[1] - ends[0])
+    with np.errstate(divide="ignore"):
+        return _times_of_log_snr(process, centre - 2 * np.log(np.tan(angles)), t_start, t_end)
+
+
 def _log_snr_ends(process: LinearProcess, grid: str, t_start: float, t_end: float) -> np.ndarray:
     """The log-SNR at t_start and t_end, which the log-SNR grids need finite (flow matching has -inf at t = 1)."""
     ends = process.log_snr(np.array([t_start, t_end]))
@@ -54,12 +71,14 @@ def _times_of_log_snr(process: LinearProcess, targets: np.ndarray, t_start: floa
     return ts
 
 
-def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: float | None = None,
+def time_grid(process: LinearProcess, n_steps: int, grid=None, t_start: float | None = None,
               t_end: float | None = None) -> np.ndarray:
-    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` is one of GRIDS or an explicit sequence of times.
+    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` is one of GRIDS, an explicit sequence of times or
+    None, the process's default_grid.
 
     "tuned" is the shipped grid tuned on exact scores (gddim.grid_files); grid files are read by resolve_grid.
     """
+    grid = process.default_grid if grid is None else grid
     if not isinstance(grid, str):
         if t_start is not None or t_end is not None:
             raise SettingsError("an explicit grid sets its own end points: leave t_start and t_end unset")
@@ -84,6 +103,8 @@ def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: f
         return logsnr_grid(process, t_start, t_end, n_steps)
     if grid == "karras":
         return karras_grid(process, t_start, t_end, n_steps)
+    if grid == "angle":
+        return angle_grid(process, t_start, t_end, n_steps)
     if grid == "tuned":
         return tuned_grid(process, n_steps, t_start, t_end)
     raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS}, a grid file or a sequence of times")

@@ -121,7 +121,7 @@ def _check_options(process: LinearProcess, method: str, order: int, lam: float, 
 
 
 def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None, lam: float | None = None,
-         parameterization: str = "R", grid="quadratic", t_start: float | None = None, t_end: float | None = None,
+         parameterization: str = "R", grid=None, t_start: float | None = None, t_end: float | None = None,
          denoise: bool | None = None, **options) -> Recursion:
     """The coefficients of one sampler on one grid, built once in float64 and kept in memory (cached_plan).
 
@@ -198,7 +198,7 @@ def _default_order(default_sampler: bool, order: int | None, n_steps: int) -> in
 
 
 def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order: int | None = None,
-                  lam: float | None = None, parameterization: str = "R", grid="quadratic", denoise: bool | None = None,
+                  lam: float | None = None, parameterization: str = "R", grid=None, denoise: bool | None = None,
                   **options) -> tuple[int, float, bool, int]:
     """Refuse impossible sampler settings before any work; returns (order, λ, denoise, integrator steps)."""
     grid = resolve_grid(process, grid, nfe)
@@ -228,7 +228,7 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
 def _steps(process: LinearProcess, nfe: int, grid, denoise: bool, last: str = "denoising") -> int:
     """Integrator steps for an NFE budget; an explicit grid must spend exactly that budget."""
     n_steps = steps_for_nfe(process, nfe, denoise)
-    if not isinstance(grid, str) and len(grid) - 1 != n_steps:
+    if not (grid is None or isinstance(grid, str)) and len(grid) - 1 != n_steps:
         raise SettingsError(f"the explicit grid has {len(grid) - 1} steps but nfe={nfe} asks for {n_steps}"
                          + (f" (plus the {last} step)" if denoise else ""))
     return n_steps
@@ -269,7 +269,7 @@ def run_recursion(process: LinearProcess, eps_fn: EpsFn, u: torch.Tensor, rec: R
 
 
 def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, method: str = "gddim",
-           order: int | None = None, lam: float | None = None, parameterization: str = "R", grid="quadratic",
+           order: int | None = None, lam: float | None = None, parameterization: str = "R", grid=None,
            t_start: float | None = None, t_end: float | None = None, denoise: bool | None = None,
            generator: torch.Generator | SampleNoise | None = None, progress: bool = False, return_state: bool = False,
            model_kwargs: dict | None = None, callback: Callback | None = None, compile: bool | str = False,
@@ -279,8 +279,9 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
     parameterization "R" or "L"), "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family,
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
-    grid: "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "tuned"
-    (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an
+    grid: None (the process's default_grid: "angle" for VP, "quadratic" for the others), "quadratic" (κ = 2, the
+    paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "angle" (uniform in
+    arctan(e^{-(λ - c)/2}), densest at λ = c = -0.5), "tuned" (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an
     explicit decreasing sequence of times.
     generator: the stochastic samplers' noise; a gddim.noise.SampleNoise draws each sample's from its own stream.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
@@ -318,7 +319,7 @@ def _sscs_half_step(process: CLD, b: float) -> tuple[np.ndarray, np.ndarray]:
     return mean, cov
 
 
-def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid="quadratic", t_start=None, t_end=None,
+def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid=None, t_start=None, t_end=None,
          generator: torch.Generator | None = None, progress: bool = False, call: ModelCall = ModelCall()) -> torch.Tensor:
     """Symmetric splitting CLD sampler (MATH §5.2): A(h/2) S(h) A(h/2) per step, then the denoising step."""
     process.check_state(u_T, "u_T")

@@ -31,7 +31,7 @@ import torch
 from ..errors import SettingsError
 from ..exact import exact_eps
 from ..grids import steps_for_nfe, time_grid
-from ..processes import LinearProcess
+from ..processes import VP, LinearProcess
 from ..sampling import EpsFn, reference_ode, sample
 from ..spec import SamplerSpec
 from ..tuning import StepCosts, model_step_costs, select_grid
@@ -58,9 +58,10 @@ class GddimVariant:
 
 
 # the default sampler (no order named: q = 2, data form, corrector) and the paper's gDDIM of each order, on each grid
-GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid) for grid in (SHARED_GRID, "quadratic", TUNED_GRID)) + tuple(
+GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid)
+                       for grid in (SHARED_GRID, "quadratic", VP.default_grid, TUNED_GRID)) + tuple(
     GddimVariant(SamplerSpec(order=q), grid) for grid in (SHARED_GRID, "quadratic", "logsnr") for q in range(4))
-GDDIM_DEFAULT = GddimVariant(SamplerSpec(), "quadratic")
+GDDIM_DEFAULT = GddimVariant(SamplerSpec(), VP.default_grid)  # what gddim.sample does on VP with no option
 
 
 @dataclass
