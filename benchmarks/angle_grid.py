@@ -121,12 +121,13 @@ def plot(rows: list[dict], path: Path) -> None:
             mine = [r for r in rows if r["dataset"] == dataset and r["process"] == name]
             for label in dict.fromkeys(r["run"] for r in mine):
                 line = sorted((r["nfe"], r["ratio_to_paper_q2"]) for r in mine if r["run"] == label)
-                style = "k--" if "quadratic" in label else "-"
+                style = {"paper q=2 on quadratic": "k:", "default on quadratic": "k--"}.get(label, "-")
                 ax.plot(*zip(*line), style, marker="o", ms=3, label=label)
             ax.axhline(0.5, color="r", lw=0.6)
             ax.set(xscale="log", yscale="log", title=f"{name.upper()} {dataset}", xlabel="NFE",
                    ylabel="path error / paper q=2")
-            ax.set_xticks(NFES, [str(n) for n in NFES])
+            ax.set_xticks(NFES, [str(n) for n in NFES], minor=False)
+            ax.set_xticks([], minor=True)
             ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
