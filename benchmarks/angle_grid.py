@@ -1,14 +1,17 @@
-"""The "angle" grid's centre, and which grid each process's default sampler should use (issue 9).
+"""The "angle" and "blend" grids, the angle grid's centre, and which grid each process's default sampler should use
+(issue 9).
 
     OMP_NUM_THREADS=1 python benchmarks/angle_grid.py --out benchmarks/angle_grid
     OMP_NUM_THREADS=1 python benchmarks/angle_grid.py --out benchmarks/angle_grid --runs VP_RUN CLD_RUN BDM_RUN
 
-The angle grid is uniform in φ = arctan(e^{-(λ - c)/2}) (gddim.grids.angle_grid): densest at log-SNR λ = c.
+The angle grid is uniform in φ = arctan(e^{-(λ - c)/2}) (gddim.grids.angle_grid): densest at log-SNR λ = c; the
+blend grid puts each node's log-SNR halfway between the quadratic grid's and the angle grid's (c = -0.5).
 Exact part (exact.json, errors.png): for VP, CLD and BDM on the exact ε of digits (1500 training images, 8x8) and
 of fashion-mnist 16x16 (the first 2000), from 256 prior samples of each of seeds 2 and 3 (not the seed 0 of the
 peers benchmark, which reports the chosen grid): the path error (RMS gap to the float64 ODE at rtol 1e-8, pooled
-over the 512 samples) of the default sampler on the quadratic grid and on angle grids of several centres, each
-divided by the paper's q = 2 on the quadratic grid at the same NFE; also each run's median per-sample error.
+over the 512 samples) of the default sampler on the quadratic grid, the blend grid and angle grids of several
+centres, each divided by the paper's q = 2 on the quadratic grid at the same NFE; also each run's median
+per-sample error.
 Trained part (--runs, trained.json): Fréchet distance (digits classifier features, 500 samples against 500
 training images, seeds 0 and 1) of the same grids on trained digits models (`gddim train --process P --steps
 2000 --out RUN`).
@@ -51,7 +54,8 @@ TRAINED_CENTRES, TRAINED_NFES, TRAINED_SEEDS = (0.0, -0.5, -1.0, -2.0), (5, 10, 
 def grids(process, nfe: int, centres) -> dict[str, object]:
     """The runs: label -> (sampler spec, grid)."""
     steps = steps_for_nfe(process, nfe)
-    runs = {"paper q=2 on quadratic": (PAPER, "quadratic"), "default on quadratic": (DEFAULT, "quadratic")}
+    runs = {"paper q=2 on quadratic": (PAPER, "quadratic"), "default on quadratic": (DEFAULT, "quadratic"),
+            "default on blend": (DEFAULT, "blend")}
     return runs | {f"default on angle c={c:g}": (DEFAULT, angle_grid(process, process.t_start, process.t_end, steps, c))
                    for c in centres}
 

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import gddim
 from gddim.grids import ANGLE_CENTRE, GRIDS, angle_grid, steps_for_nfe, time_grid
+from gddim.sampling import sampler_grid
 
 import reference as ref
 
@@ -97,6 +99,16 @@ def test_angle_grid_is_uniform_in_the_shifted_angle(name, centre):
         assert np.array_equal(time_grid(process, 16, "angle"), ts)
 
 
+@pytest.mark.parametrize("name", ref.PROCESS_NAMES)
+def test_blend_grid_is_halfway_in_log_snr(name):
+    """Each node of 'blend' has the mean log-SNR of the quadratic grid's and the angle grid's node."""
+    process = ref.build(name)
+    ts, quadratic, angle = (time_grid(process, 11, grid) for grid in ("blend", "quadratic", "angle"))
+    expected = (process.log_snr(quadratic) + process.log_snr(angle)) / 2
+    np.testing.assert_allclose(process.log_snr(ts), expected, rtol=1e-9, atol=1e-9)
+    assert np.all(np.diff(ts) < 0)
+
+
 def test_angle_grid_starts_at_zero_snr():
     """Flow matching's λ = -inf at t = 1 is the angle π/2: the angle grid needs no t_start below it."""
     process = gddim.FlowMatching()
@@ -105,13 +117,22 @@ def test_angle_grid_starts_at_zero_snr():
     np.testing.assert_allclose(np.diff(np.concatenate([[np.pi / 2], angles])), (angles[-1] - np.pi / 2) / 6, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name,expected", [("vp-linear", "angle"), ("vp-cosine", "angle"), ("cld", "quadratic"),
-                                           ("bdm", "quadratic")])
-def test_no_grid_named_is_the_process_default(name, expected):
-    """grid=None (sample's default) is the process's default_grid, the one benchmarks/angle_grid chose."""
+@pytest.mark.parametrize("name,expected", [("vp-linear", "angle"), ("vp-cosine", "angle"), ("cld", "blend"),
+                                           ("bdm", "blend")])
+def test_no_grid_named_is_the_process_default_for_the_default_sampler(name, expected):
+    """grid=None: the default sampler runs on the process's default_grid (benchmarks/angle_grid chose it), a named
+    order, λ or another method on the paper's quadratic grid."""
     process = ref.build(name)
     assert process.default_grid == expected
-    assert np.array_equal(time_grid(process, 9), time_grid(process, 9, expected))
+    assert sampler_grid(process, None) == sampler_grid(process, None, corrector=False) == expected
+    for other in ({"order": 2}, {"lam": 0.5}, {"method": "em"}, {"prediction": "eps"}):
+        assert sampler_grid(process, None, **other) == "quadratic"
+    assert sampler_grid(process, "uniform") == "uniform"
+    eps_fn = lambda u, t: 0.1 * u  # any model: the runs must match bit for bit
+    u_T = process.prior_sample((2, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(gddim.sample(process, eps_fn, u_T, 6), gddim.sample(process, eps_fn, u_T, 6, grid=expected))
+    assert torch.equal(gddim.sample(process, eps_fn, u_T, 6, order=2),
+                       gddim.sample(process, eps_fn, u_T, 6, order=2, grid="quadratic"))
 
 
 @pytest.mark.parametrize("grid", ["logsnr", "karras"])
@@ -140,7 +161,7 @@ def test_grid_respects_t_start_and_t_end():
 def test_points_per_nfe(name, nfe, points):
     """#14: the integrator grid of an NFE budget; the sampler plan makes exactly NFE model calls."""
     process = ref.build(name)
-    ts = time_grid(process, steps_for_nfe(process, nfe))
+    ts = time_grid(process, steps_for_nfe(process, nfe), process.default_grid)  # the default sampler's
     assert len(ts) == points
     rec = gddim.plan(process, nfe)
     assert rec.steps == nfe
@@ -165,7 +186,7 @@ def test_bdm_reference_values():
     # A.6 prints 0.99597979, whose ρ is 80.0078; the exact inverse of ρ = 80 is 0.995979009 (8e-7 lower)
     assert abs(t_s - 0.99597979) < 1e-6
     ref.assert_printed(alpha_bar, ["1.562e-4"])
-    ts = time_grid(process, steps_for_nfe(process, 50))
+    ts = time_grid(process, steps_for_nfe(process, 50), "quadratic")
     ref.assert_printed(ts[:3], ["0.99598", "0.95666", "0.91814"])
     ref.assert_printed(ts[-3:], ["0.0018452", "0.00053171", "1e-5"])
 

@@ -17,7 +17,7 @@ import gddim
 from gddim import blocks, coefficients
 from gddim.exact import dirac_eps, gaussian_eps, gaussian_gain, isotropic_data_cov, marginal_cov
 from gddim.grids import steps_for_nfe, time_grid
-from gddim.sampling import SamplerError, run_recursion
+from gddim.sampling import SamplerError, run_recursion, sampler_grid
 
 import reference as ref
 
@@ -541,7 +541,7 @@ def test_nan_from_the_model_names_step_and_time(method):
         broken.calls += 1
         return torch.full_like(u, float("nan")) if broken.calls == 4 else eps_fn(u, t)
     broken.calls = 0
-    ts = time_grid(process, steps_for_nfe(process, 10))
+    ts = time_grid(process, steps_for_nfe(process, 10), sampler_grid(process, None, method))
     t3 = 0.5 * (ts[3] + ts[4]) if method == "sscs" else ts[3]
     with pytest.raises(SamplerError, match=rf"NaN or inf at step 3 \(t={t3:.6g}\)"):
         gddim.sample(process, broken, u_T, nfe=10, method=method, generator=seeded(0))
@@ -573,7 +573,8 @@ def test_run_recursion_checks_its_state():
 def test_default_sampler_is_the_fast_one_and_an_order_names_the_papers():
     process, data = gddim.CLD(), torch.linspace(-0.8, 0.8, 8).reshape(2, 1, 2, 2)
     default, paper = gddim.plan(process, 10), gddim.plan(process, 10, order=2)
-    spelled_out = gddim.plan(process, 10, order=2, prediction="data", corrector=True, lower_order_final=True)
+    spelled_out = gddim.plan(process, 10, order=2, prediction="data", corrector=True, lower_order_final=True,
+                             grid=process.default_grid)
     assert default.corrector is not None and paper.corrector is None and paper.P is None
     np.testing.assert_array_equal(default.C, spelled_out.C)
     assert gddim.plan(process, 3).steps == 3  # two integrator steps + denoising: the default lowers its order
@@ -581,5 +582,6 @@ def test_default_sampler_is_the_fast_one_and_an_order_names_the_papers():
         gddim.plan(process, 3, order=2)
     eps = gddim.exact_eps(process, data)
     u_T = process.prior_sample((4, 1, 2, 2), generator=torch.Generator().manual_seed(0))
-    spelled = gddim.sample(process, eps, u_T, 10, order=2, prediction="data", corrector=True, lower_order_final=True)
+    spelled = gddim.sample(process, eps, u_T, 10, order=2, prediction="data", corrector=True, lower_order_final=True,
+                           grid=process.default_grid)
     torch.testing.assert_close(gddim.sample(process, eps, u_T, 10), spelled)

@@ -20,6 +20,7 @@ from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
 from .distributed import ProcessGroup, from_rank0, process_group
 from .generation import from_uint8, sample_images, save_grid, to_uint8
+from .grids import grid_label
 from .metrics import (FeatureStats, classifier_features, inception_features, load_feature_net, real_split,
                       stats_distance)
 from .networks import EpsModel
@@ -51,15 +52,14 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
     save_metrics is False), under grids/ a grid of 64 samples per record (only at the NFEs in grid_nfes
     when given), and under shards/ each record's samples (uint8) and features, shard by shard as they are made
     (gddim.shards). A rerun of the same evaluation keeps the records metrics.json holds and the shards made.
-    grid: the time grid of every sampler (None: the process's default_grid; "quadratic", "tuned", a grid file of
-    gddim tune-grid, ...).
+    grid: the time grid of every sampler (None: each sampler's own, gddim.sampling.sampler_grid; "quadratic",
+    "tuned", a grid file of gddim tune-grid, ...).
     model_options: how gddim.sample runs the network (compile, autocast), kept in metrics.json.
     Under torchrun the ranks split every record's samples and rank 0 writes; every rank returns the result.
     """
     with process_group(device) as env:
         checkpoint = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
         process, model = checkpoint.process(), checkpoint.network("ema", env.device)
-        grid = process.default_grid if grid is None else grid  # named in metrics.json
         samplers = [s if isinstance(s, SamplerSpec) else SamplerSpec.parse(s) for s in samplers]
         for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
             for nfe in nfes:
@@ -68,7 +68,7 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
         metric = _metric(checkpoint, model, real, n, seed, feature_net, inception, env)
         result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
                   "data": checkpoint.meta.get("data"), "metric": metric.name, "n": metric.n, "seed": seed,
-                  "batch": batch, "grid": str(grid), "floor": metric.floor, "world_size": env.world,
+                  "batch": batch, "grid": grid_label(grid), "floor": metric.floor, "world_size": env.world,
                   **({"model_options": model_options} if model_options else {}), "records": []}
         sweep = _Sweep(process, model, metric, result, seed, batch, grid, shard_size, env, progress,
                        Path(out_dir) if out_dir is not None else None, save_metrics, grid_nfes, model_options or {})

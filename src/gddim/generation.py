@@ -16,6 +16,7 @@ from .errors import SettingsError
 from .networks import EpsModel
 from .noise import SampleNoise
 from .processes import LinearProcess
+from .grids import grid_label
 from .sampling import check_sampler, sample
 from .shards import Generation, generate, read_shards, remove_shards, write_npz
 
@@ -114,14 +115,13 @@ def write_samples(process: LinearProcess, model: EpsModel, prefix: str | Path, n
     png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
     folder = shard_folder(prefix)
     shape = (model.data_channels, model.image_size, model.image_size)
-    grid = process.default_grid if grid is None else grid  # named in the shards' settings
     check_sampler(process, nfe, **options, grid=grid)  # on every rank: one failing alone would leave the rest waiting
 
     def make(samples: range) -> dict[str, torch.Tensor]:
         return {"x": sample_images(process, model, len(samples), nfe, **options, seed=seed, batch=batch, grid=grid,
                                    first=samples.start, **(model_options or {})).float()}
 
-    settings = {"source": source, "sampler": options, "nfe": nfe, "seed": seed, "grid": str(grid),
+    settings = {"source": source, "sampler": options, "nfe": nfe, "seed": seed, "grid": grid_label(grid),
                 "model_options": model_options or {}}
     files = generate(Generation(n, shard_size, make, {"x": (shape, torch.float32)}, settings), folder, env, progress)
     if env.is_main:

@@ -11,7 +11,7 @@ from .errors import SettingsError
 from .grid_files import grid_file_times, tuned_grid
 from .processes import LinearProcess
 
-GRIDS = ("quadratic", "uniform", "logsnr", "karras", "angle", "tuned")
+GRIDS = ("quadratic", "uniform", "logsnr", "karras", "angle", "blend", "tuned")
 KARRAS_RHO = 7.0  # the ρ of Karras et al. (EDM) and of diffusers' use_karras_sigmas
 # how far above t = 1 an explicit grid may start: times found by inverting ᾱ (peers) land up to 3e-8 above 1
 GRID_END_SLACK = 1e-6
@@ -56,6 +56,14 @@ def angle_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: in
         return _times_of_log_snr(process, centre - 2 * np.log(np.tan(angles)), t_start, t_end)
 
 
+def blend_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
+    """Each node's log-SNR halfway between the quadratic grid's and the angle grid's: the angle grid's dense middle
+    with shorter first and last steps, which trained CLD and BDM models need (benchmarks/angle_grid)."""
+    nodes = (power_grid(t_start, t_end, n_steps, 2.0), angle_grid(process, t_start, t_end, n_steps))
+    with np.errstate(invalid="ignore"):  # -inf + -inf at a zero-SNR start, which the exact end point replaces
+        return _times_of_log_snr(process, sum(process.log_snr(ts) for ts in nodes) / 2, t_start, t_end)
+
+
 def _log_snr_ends(process: LinearProcess, grid: str, t_start: float, t_end: float) -> np.ndarray:
     """The log-SNR at t_start and t_end, which the log-SNR grids need finite (flow matching has -inf at t = 1)."""
     ends = process.log_snr(np.array([t_start, t_end]))
@@ -71,14 +79,13 @@ def _times_of_log_snr(process: LinearProcess, targets: np.ndarray, t_start: floa
     return ts
 
 
-def time_grid(process: LinearProcess, n_steps: int, grid=None, t_start: float | None = None,
+def time_grid(process: LinearProcess, n_steps: int, grid="quadratic", t_start: float | None = None,
               t_end: float | None = None) -> np.ndarray:
-    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` is one of GRIDS, an explicit sequence of times or
-    None, the process's default_grid.
+    """Decreasing times t_0 = t_start > ... > t_N = t_end; `grid` is one of GRIDS or an explicit sequence of times
+    (gddim.sampling.sampler_grid says which one a sampler runs on when none is named).
 
     "tuned" is the shipped grid tuned on exact scores (gddim.grid_files); grid files are read by resolve_grid.
     """
-    grid = process.default_grid if grid is None else grid
     if not isinstance(grid, str):
         if t_start is not None or t_end is not None:
             raise SettingsError("an explicit grid sets its own end points: leave t_start and t_end unset")
@@ -105,9 +112,16 @@ def time_grid(process: LinearProcess, n_steps: int, grid=None, t_start: float | 
         return karras_grid(process, t_start, t_end, n_steps)
     if grid == "angle":
         return angle_grid(process, t_start, t_end, n_steps)
+    if grid == "blend":
+        return blend_grid(process, t_start, t_end, n_steps)
     if grid == "tuned":
         return tuned_grid(process, n_steps, t_start, t_end)
     raise SettingsError(f"unknown grid {grid!r}; choose one of {GRIDS}, a grid file or a sequence of times")
+
+
+def grid_label(grid) -> str:
+    """How result files name a grid; None is each sampler's own (gddim.sampling.sampler_grid)."""
+    return "sampler's default" if grid is None else str(grid)
 
 
 def is_grid_file(grid) -> bool:

@@ -128,7 +128,7 @@ def plan(process: LinearProcess, nfe: int, method: str = "gddim", order: int | N
     options: the Multistep fields (prediction, corrector, interpolation, lower_order_final, final_step); unset
     ones and order=None take the defaults of `sample`.
     """
-    grid = resolve_grid(process, grid, nfe)
+    grid = resolve_grid(process, sampler_grid(process, grid, method, order, lam, parameterization, **options), nfe)
     fast = _multistep_options(method, order, lam, parameterization, options)
     order, lam, denoise, n_steps = check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise,
                                                  **options)
@@ -190,6 +190,15 @@ def _is_default_sampler(method: str, order: int | None, lam: float | None, param
             and options.get("prediction", "data") == "data")
 
 
+def sampler_grid(process: LinearProcess, grid, method: str = "gddim", order: int | None = None,
+                 lam: float | None = None, parameterization: str = "R", **options):
+    """The grid a sampler runs on: `grid`, or with none named the process's default_grid for the default sampler and
+    the paper's quadratic grid for any other (so order=2 is the paper's q = 2 on the paper's grid)."""
+    if grid is not None:
+        return grid
+    return process.default_grid if _is_default_sampler(method, order, lam, parameterization, options) else "quadratic"
+
+
 def _default_order(default_sampler: bool, order: int | None, n_steps: int) -> int:
     """order=None: DEFAULT_ORDER for the default sampler (lower when the run has too few steps), else the paper's 0."""
     if order is not None:
@@ -201,7 +210,7 @@ def check_sampler(process: LinearProcess, nfe: int, method: str = "gddim", order
                   lam: float | None = None, parameterization: str = "R", grid=None, denoise: bool | None = None,
                   **options) -> tuple[int, float, bool, int]:
     """Refuse impossible sampler settings before any work; returns (order, λ, denoise, integrator steps)."""
-    grid = resolve_grid(process, grid, nfe)
+    grid = resolve_grid(process, sampler_grid(process, grid, method, order, lam, parameterization, **options), nfe)
     fast = _multistep_options(method, order, lam, parameterization, options)
     lam = _default_lam(method, lam)
     if order is not None:  # checked before the NFE, so that a bad order is named as such
@@ -279,23 +288,26 @@ def sample(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, m
     method: "gddim" (order q in 0..3, lam λ in [0, 1] (λ > 0 with q > 0 needs prediction="data"),
     parameterization "R" or "L"), "euler" (probability-flow Euler), "em" (Euler-Maruyama on the λ-family,
     λ = 1 by default), "ancestral" (the posterior step, = gddim at λ = 1), "sscs" (CLD only).
-    grid: None (the process's default_grid: "angle" for VP, "quadratic" for the others), "quadratic" (κ = 2, the
-    paper's), "uniform", "logsnr", "karras" (uniform in σ^{1/7}, σ = e^{-λ/2}), "angle" (uniform in
-    arctan(e^{-(λ - c)/2}), densest at λ = c = -0.5), "tuned" (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an
+    grid: None (the default sampler: the process's default_grid, "angle" for VP, "blend" for CLD and BDM; any
+    other sampler: "quadratic"), "quadratic" (κ = 2, the paper's), "uniform", "logsnr", "karras" (uniform in
+    σ^{1/7}, σ = e^{-λ/2}), "angle" (uniform in arctan(e^{-(λ - c)/2}), densest at λ = c = -0.5), "blend" (each
+    log-SNR halfway between the quadratic and the angle grid's), "tuned" (tuned on exact scores, shipped with gddim), the path of a grid file tuned to this model (gddim tune-grid) or an
     explicit decreasing sequence of times.
     generator: the stochastic samplers' noise; a gddim.noise.SampleNoise draws each sample's from its own stream.
     options (method="gddim", FAST.md): prediction "eps" | "data", corrector True | False, interpolation
     "t" | "sqrt_t" | "logsnr", lower_order_final True | False, final_step "integrate" | "data"; see `Multistep`.
     The default (no order, no λ): gDDIM of order DEFAULT_ORDER (2; lower when nfe leaves too few steps) with
-    FAST_DEFAULTS (data prediction, the corrector, lower order at the end), chosen by measurement. Naming an
-    order or λ gives the paper's gDDIM of that order or λ, which the options extend (e.g. order=2,
-    prediction="data", corrector=True, lower_order_final=True is the default spelled out).
+    FAST_DEFAULTS (data prediction, the corrector, lower order at the end) on the process's default_grid, chosen by
+    measurement. Naming an order or λ gives the paper's gDDIM of that order or λ on the quadratic grid, which the
+    options extend (e.g. order=2,
+    prediction="data", corrector=True, lower_order_final=True, grid=process.default_grid is the default
+    spelled out).
     The model: model_kwargs (conditioning) go to every call as eps_fn(u, t, **model_kwargs); callback(step, t,
     state, data_prediction) follows every call; compile and autocast ("bf16", "fp16") run the model compiled or
     in half precision while the state keeps u_T's dtype; NaN or inf from the model is reported after the loop, or
     every check_every calls (see gddim.loop.ModelCall).
     """
-    grid = resolve_grid(process, grid, nfe)
+    grid = resolve_grid(process, sampler_grid(process, grid, method, order, lam, parameterization, **options), nfe)
     call = ModelCall(model_kwargs or {}, callback, compile, autocast, check_every)
     if method == "sscs":
         check_sampler(process, nfe, method, order, lam, parameterization, grid, denoise, **options)
@@ -323,6 +335,7 @@ def sscs(process: CLD, eps_fn: EpsFn, u_T: torch.Tensor, nfe: int, grid=None, t_
          generator: torch.Generator | None = None, progress: bool = False, call: ModelCall = ModelCall()) -> torch.Tensor:
     """Symmetric splitting CLD sampler (MATH §5.2): A(h/2) S(h) A(h/2) per step, then the denoising step."""
     process.check_state(u_T, "u_T")
+    grid = sampler_grid(process, grid, "sscs")
     n_steps = _steps(process, nfe, grid, process.denoise)
     ts = time_grid(process, n_steps, grid, t_start, t_end)
     mids, split = 0.5 * (ts[:-1] + ts[1:]), _SplitCoefficients(process, ts, u_T)

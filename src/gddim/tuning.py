@@ -14,7 +14,7 @@ The one-step cost prices each step alone, but multistep samplers also pay for un
 path's steps jump between one and two candidate spacings, and at NFE ≥ 15 that jitter can cost a multistep
 sampler 10-1000x its error on the quadratic grid. So `tune` also smooths the path (each log-SNR step replaced by
 the geometric mean of its neighbours') and runs the sampler itself on the same u_T through the path, its
-smoothed forms and the quadratic, uniform and angle grids, and keeps the grid whose end state is nearest the teacher's:
+smoothed forms and the quadratic, uniform, angle and blend grids, and keeps the grid whose end state is nearest the teacher's:
 N model calls per candidate grid, and never worse than those named grids on the tuning batch.
 """
 
@@ -42,7 +42,7 @@ CANDIDATE_GRID = "logsnr"
 TEACHER_RTOL = 1e-5
 CHUNK_ELEMENTS = 2**24  # bounds the memory of one batch of candidate steps to ~128 MB of float64
 SMOOTHING_WINDOWS = (3, 5)  # steps averaged (geometrically, in log-SNR) by the smoothed shortest paths
-SELECTION_GRIDS = ("quadratic", "uniform", "angle")  # named grids that also compete, so tuning never loses to them
+SELECTION_GRIDS = ("quadratic", "uniform", "angle", "blend")  # named grids that also compete, so tuning never loses to them
 SHORTEST_PATH = "shortest path"
 
 

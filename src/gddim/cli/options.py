@@ -18,7 +18,7 @@ PROCESSES = ("vp", "cld", "bdm", "flow")  # the keys of gddim.processes.PROCESSE
 # the exact-score sweeps' default; flow matching is measured by benchmarks/peers_flow.py
 BENCH_PROCESSES = ("vp", "cld", "bdm")
 PRESET_NAMES = ("cifar10-paper", "small", "tiny")  # sorted(gddim.networks.PRESETS)
-GRID_NAMES = ("quadratic", "uniform", "logsnr", "karras", "angle", "tuned")  # gddim.grids.GRIDS
+GRID_NAMES = ("quadratic", "uniform", "logsnr", "karras", "angle", "blend", "tuned")  # gddim.grids.GRIDS
 MAX_ORDER = 3  # gddim.sampling.MAX_ORDER
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
@@ -143,7 +143,7 @@ def one_of(names):
 
 def grid_option(parser: argparse.ArgumentParser) -> None:
     """--grid: a named time grid or a grid file (`gddim sample` and `gddim evaluate`)."""
-    parser.add_argument("--grid", type=non_empty, help="time grid: quadratic, uniform, logsnr, karras, angle, tuned "
+    parser.add_argument("--grid", type=non_empty, help="time grid: quadratic, uniform, logsnr, karras, angle, blend, tuned "
                         "(shipped, tuned on exact scores) or a grid file from `gddim tune-grid` (tuned for this model and "
                         "NFE); default: the process's (angle for VP, quadratic for the others)")
 

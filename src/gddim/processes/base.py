@@ -82,7 +82,7 @@ class LinearProcess(metaclass=_BuiltOnce):
     t_start = 1.0  # default first time of sampling
     t_end = 1e-3  # default last time of sampling
     denoise = False  # one final noise-free reverse-SDE Euler step to t = 0 (CLD, MATH §4.2)
-    default_grid = "quadratic"  # the time grid of gddim.grids when none is named; chosen by measurement per process
+    default_grid = "quadratic"  # the default sampler's grid when none is named (gddim.sampling.sampler_grid); measured
     t_train_min = 1e-5
     t_max = 1.0  # the last time the process is defined at; training draws t in [t_train_min, t_max]
 

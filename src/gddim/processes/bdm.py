@@ -19,6 +19,7 @@ from .basis import DCTBasis
 class BDM(LinearProcess):
     name = "bdm"
     k = 1
+    default_grid = "blend"  # beats the quadratic grid on fashion-mnist exact scores and on a trained BDM model
 
     def __init__(self, image_size: int | tuple[int, int] = 32, sigma_blur_max: float = 10.0, min_scale: float = 0.001,
                  offset: float = 0.004, t_end: float = 1e-5, t_start: float | None = None):
