@@ -17,7 +17,6 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-import scipy.stats
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -27,7 +26,7 @@ from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal
 from .errors import SettingsError
 from .processes import FlowMatching
 from .multistep import check_start
-from .noise_levels import check_step_count
+from .noise_levels import check_step_count, sigma_schedule
 from .sampling import Stepper, integrator
 from .scheduler_options import sampler_options
 
@@ -35,8 +34,6 @@ PREDICTION_TYPES = {"flow_prediction": "velocity", "sample": "data"}  # diffuser
 TIME_SHIFT_TYPES = ("exponential", "linear")
 # keys another scheduler needs to read this config as a flow-matching one (diffusers' from_config drops defaults)
 ALWAYS_SHARED = ("shift", "flow_shift", "use_flow_sigmas", "prediction_type")
-KARRAS_RHO = 7.0  # the EDM paper's ρ, as diffusers uses
-BETA_SIGMAS_AB = 0.6  # the α = β of diffusers' beta sigmas ("Beta Sampling is All You Need")
 
 
 class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
@@ -199,15 +196,8 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
 
 def _spaced(config, levels: np.ndarray, n: int) -> np.ndarray:
     """Karras, exponential or beta σ between the shifted schedule's end points, as diffusers spaces them."""
-    high, low = float(levels[0]), float(levels[-1])
-    if config.use_karras_sigmas:
-        ramp = np.linspace(0, 1, n)
-        return (high ** (1 / KARRAS_RHO) + ramp * (low ** (1 / KARRAS_RHO) - high ** (1 / KARRAS_RHO))) ** KARRAS_RHO
-    if config.use_exponential_sigmas:
-        return np.exp(np.linspace(math.log(high), math.log(low), n))
-    if config.use_beta_sigmas:
-        ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), BETA_SIGMAS_AB, BETA_SIGMAS_AB)
-        return low + ppf * (high - low)
+    if any(config[name] for name in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")):
+        return sigma_schedule(config, float(levels[0]), float(levels[-1]), n)
     return levels
 
 

@@ -17,7 +17,7 @@ import scipy.stats
 from .blocks import invert_decreasing
 from .errors import SettingsError
 from .grid_files import grid_file_times, read_grid_file
-from .grids import angle_grid
+from .grids import KARRAS_RHO, angle_grid
 from .processes import DiscreteVP, VP
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -26,7 +26,6 @@ SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigm
 # the terminal ᾱ the coefficients see on a zero-terminal-SNR schedule: its log-SNR must be finite; the steps
 # themselves use ᾱ = 0, and the data form's first coefficient differs from the limit by √ᾱ = 1e-10
 ZERO_SNR_STAND_IN = 1e-20
-KARRAS_RHO = 7.0  # the EDM paper's ρ, as in diffusers
 BETA_SIGMAS_SHAPE = 0.6  # the Beta(0.6, 0.6) quantiles of "Beta Sampling is All You Need", as in diffusers
 
 
@@ -82,10 +81,9 @@ def spaced_timesteps(config, n: int) -> np.ndarray:
     return np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
 
 
-def sigma_schedule(config, train_sigmas: np.ndarray, n: int) -> np.ndarray:
-    """n decreasing σ between the training schedule's extremes: Karras (ρ = 7), exponential or Beta quantiles
-    (the angle schedule is a grid down to the landing instead: levels)."""
-    low, high = float(train_sigmas[0]), float(train_sigmas[-1])
+def sigma_schedule(config, high: float, low: float, n: int) -> np.ndarray:
+    """n decreasing σ from high to low: Karras (ρ = 7), exponential or Beta quantiles, by the config's flag (the
+    angle schedule is a grid down to the landing instead: levels)."""
     ramp = np.linspace(0, 1, n)
     if config.use_karras_sigmas:
         return (high ** (1 / KARRAS_RHO) + ramp * (low ** (1 / KARRAS_RHO) - high ** (1 / KARRAS_RHO))) ** KARRAS_RHO
@@ -125,7 +123,8 @@ def levels(config, process: DiscreteVP, alphas_cumprod: np.ndarray, num_inferenc
     if sigmas is not None or chosen:
         with np.errstate(divide="ignore"):  # σ = inf at a zero-SNR schedule's last timestep
             train_sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
-        sigmas = sigma_schedule(config, train_sigmas, num_inference_steps) if sigmas is None else sigmas
+        if sigmas is None:
+            sigmas = sigma_schedule(config, float(train_sigmas[-1]), float(train_sigmas[0]), num_inference_steps)
         return _on_times(process, alphas_cumprod, np.append(_time_of_sigmas(process, sigmas, train_sigmas), land))
     return _on_timesteps(process, alphas_cumprod, spaced_timesteps(config, num_inference_steps), land)
 
