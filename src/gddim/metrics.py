@@ -107,6 +107,11 @@ class _Features(nn.Module):
         return self.net.features(x.to(self.net.head.weight.dtype)).double()
 
 
+def rms_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Root mean square of x - reference over every element, in float64 on the reference's device."""
+    return float(torch.sqrt(torch.mean((x.to(reference.device, torch.float64) - reference.double()) ** 2)))
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000) -> float:
     """Fréchet distance between real and fake images (N, C, H, W) in [-1, 1] in feature_net's feature space.
 

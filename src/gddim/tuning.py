@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from . import blocks
 from .errors import SettingsError
 from .grids import steps_for_nfe, time_grid
+from .metrics import rms_error
 from .processes import LinearProcess
 from .sampling import EpsFn, host_model, probability_flow, sample
 from .spec import SamplerSpec
@@ -203,7 +204,7 @@ def select_grid(process: LinearProcess, eps_fn: EpsFn, u_T: torch.Tensor, costs:
         with torch.no_grad():
             end = sample(process, eps_fn, u_T, n_steps, grid=times, denoise=False, return_state=True,
                          **sampler.options())
-        errors[name] = float(torch.sqrt(torch.mean((end.to("cpu", torch.float64) - costs.teacher_end) ** 2)))
+        errors[name] = rms_error(end, costs.teacher_end)
     chosen = min(errors, key=errors.get)
     return TunedGrid(grids[chosen], chosen, errors, sampler.label, costs.model_calls + len(grids) * n_steps,
                      costs.seconds + time.perf_counter() - began)
