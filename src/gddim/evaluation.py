@@ -18,10 +18,10 @@ import torch
 from .atomic import make_folder, write_json
 from .checkpoints import Checkpoint, load_checkpoint
 from .data import load_images
-from .distributed import ProcessGroup, from_rank0, process_group
+from .distributed import ProcessGroup, from_rank0, process_group, run_on_rank0
 from .generation import from_uint8, sample_images, save_grid, to_uint8
 from .grids import grid_label
-from .metrics import (FeatureStats, classifier_features, inception_features, load_feature_net, real_split,
+from .metrics import (FeatureStats, check_split_size, classifier_features, inception_features, load_feature_net, real_split,
                       stats_distance)
 from .networks import EpsModel
 from .processes import LinearProcess
@@ -64,8 +64,8 @@ def evaluate(ckpt: str | Path | Checkpoint, samplers: list[SamplerSpec | str], n
         for sampler in samplers:  # a typo or an impossible setting fails now, not after minutes of sampling
             for nfe in nfes:
                 check_sampler(process, nfe, **sampler.options(), grid=grid)
-        real = real_reference(checkpoint, data) if real is None else real
-        metric = _metric(checkpoint, model, real, n, seed, feature_net, inception, env)
+        real, count = (real, len(real)) if real is not None else _real_on_rank0(env, checkpoint, data)
+        metric = _metric(checkpoint, model, real, count, n, seed, feature_net, inception, env)
         result = {"checkpoint": str(checkpoint.path), "step": checkpoint.step, "process": checkpoint.meta["process"],
                   "data": checkpoint.meta.get("data"), "metric": metric.name, "n": metric.n, "seed": seed,
                   "batch": batch, "grid": grid_label(grid), "floor": metric.floor, "world_size": env.world,
@@ -87,18 +87,33 @@ class _Metric:
     floor: float | None
 
 
-def _metric(checkpoint: Checkpoint, model: EpsModel, real: torch.Tensor, n: int | None, seed: int, feature_net,
-            inception, env: ProcessGroup) -> _Metric:
+def _real_on_rank0(env: ProcessGroup, checkpoint: Checkpoint, data: str | None) -> tuple[torch.Tensor | None, int]:
+    """The training images on rank 0, the only rank that scores (None elsewhere), and their count on every rank;
+    a data set that cannot be read fails on every rank."""
+    loaded = {}
+
+    def load() -> int:
+        loaded["real"] = real_reference(checkpoint, data)
+        return len(loaded["real"])
+
+    count = run_on_rank0(env, load)
+    return loaded.get("real"), count
+
+
+def _metric(checkpoint: Checkpoint, model: EpsModel, real: torch.Tensor | None, count: int, n: int | None, seed: int,
+            feature_net, inception, env: ProcessGroup) -> _Metric:
+    """real: the training images (rank 0; None elsewhere), count of them."""
     if inception is not None:
         features = inception_features(inception, env.device)  # a missing file fails before minutes of sampling
         reference = FeatureStats.of(real, features, 50) if env.is_main else None
-        return _Metric("inception", len(real) if n is None else n, features, 2048, reference, None)
+        return _Metric("inception", count if n is None else n, features, 2048, reference, None)
     feature_net = feature_net or load_feature_net(checkpoint.meta.get("data", {}).get("source"), model.image_size)
-    n = min(1000, len(real) // 2) if n is None else n
-    reference, held_out = real_split(real, n, seed)  # the split of metrics.real_floor(real, feature_net, n, seed)
+    n = min(1000, count // 2) if n is None else n
+    check_split_size(count, n)  # on every rank: one failing alone would leave the others waiting
     features = classifier_features(feature_net)
     if not env.is_main:
         return _Metric("classifier", n, features, feature_net.num_features, None, None)
+    reference, held_out = real_split(real, n, seed)  # the split of metrics.real_floor(real, feature_net, n, seed)
     # not torchmetrics' frechet_distance: under torchrun its compute() would wait for the other ranks
     stats = FeatureStats.of(reference, features)
     return _Metric("classifier", n, features, feature_net.num_features, stats,

@@ -139,13 +139,17 @@ def real_floor(images: torch.Tensor, feature_net: FeatureNet, n: int | None = No
     return frechet_distance(*real_split(images, n, seed), feature_net, batch_size)
 
 
+def check_split_size(count: int, n: int) -> None:
+    """real_split's n must leave two disjoint sets of n among count images."""
+    if not 2 <= n <= count // 2:
+        raise SettingsError(f"n must lie in [2, {count // 2}] for {count} real images (the floor needs 2n), got {n}")
+
+
 def real_split(images: torch.Tensor, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint random subsets of n images each (default: the two halves): the reference set that samples
     are scored against, and the held-out set that gives the real-vs-real floor."""
     n = images.shape[0] // 2 if n is None else n
-    if not 2 <= n <= images.shape[0] // 2:
-        raise SettingsError(f"n must lie in [2, {images.shape[0] // 2}] for {images.shape[0]} real images (the floor "
-                            f"needs 2n), got {n}")
+    check_split_size(images.shape[0], n)
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
     return images[perm[:n]], images[perm[n : 2 * n]]
 
