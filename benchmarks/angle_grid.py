@@ -12,9 +12,9 @@ peers benchmark, which reports the chosen grid): the path error (RMS gap to the 
 over the 512 samples) of the default sampler on the quadratic grid, the blend grid and angle grids of several
 centres, each divided by the paper's q = 2 on the quadratic grid at the same NFE; also each run's median
 per-sample error.
-Trained part (--runs, trained.json): Fréchet distance (digits classifier features, 500 samples against 500
-training images, seeds 0 and 1) of the same grids on trained digits models (`gddim train --process P --steps
-2000 --out RUN`).
+Trained part (--runs, trained_<data set>.json): Fréchet distance (the data set's classifier features, 500 samples
+against 500 training images, seeds 0 and 1) of the same grids on trained models of one built-in data set
+(`gddim train --process P --steps 2000 --out RUN`, with `--data fashion-mnist --image-size 16` for fashion-mnist).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gddim.atomic import write_json  # noqa: E402
 from gddim.bench.records import machine_info  # noqa: E402
 from gddim.checkpoints import load_checkpoint  # noqa: E402
 from gddim.data import load_images  # noqa: E402
-from gddim.evaluation import evaluate  # noqa: E402
+from gddim.evaluation import evaluate, real_reference  # noqa: E402
 from gddim.grids import angle_grid, steps_for_nfe  # noqa: E402
 from gddim.processes import make_process  # noqa: E402
 from gddim.spec import SamplerSpec  # noqa: E402
@@ -97,12 +97,15 @@ def _pooled(dataset: str, name: str, squared: dict) -> list[dict]:
     return rows
 
 
-def trained_part(runs: list[str], n: int) -> list[dict]:
-    """Fréchet distance of each grid on each trained model, mean over TRAINED_SEEDS."""
-    images = load_images("digits", "train")
+def trained_part(runs: list[str], n: int) -> tuple[str, list[dict]]:
+    """The runs' data set and the Fréchet distance of each grid on each trained model, mean over TRAINED_SEEDS."""
+    checkpoints = [load_checkpoint(path) for path in runs]
+    sources = {checkpoint.data_source() for checkpoint in checkpoints}
+    if len(sources) != 1:
+        raise SystemExit(f"--runs must be trained on one data set, got {sorted(sources)}")
+    images = real_reference(checkpoints[0])
     rows = []
-    for path in runs:
-        checkpoint = load_checkpoint(path)
+    for path, checkpoint in zip(runs, checkpoints):
         process = checkpoint.process()
         name = process.name
         for nfe in TRAINED_NFES:
@@ -112,7 +115,7 @@ def trained_part(runs: list[str], n: int) -> list[dict]:
                 rows.append({"process": name, "run_folder": path, "step": checkpoint.step, "nfe": nfe, "run": label,
                              "fd_mean": statistics.mean(fds), "fd_per_seed": fds})
                 print(f"{name} NFE {nfe} {label}: {statistics.mean(fds):.3f}", file=sys.stderr)
-    return rows
+    return sources.pop()[0], rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -145,14 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256, help="prior samples per seed")
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     p.add_argument("--n-data", type=int, help="fewer data points for a trial")
-    p.add_argument("--runs", nargs="+", metavar="RUN", help="trained digits runs: measure them instead")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="trained runs of one data set: measure them instead")
     p.add_argument("--n", type=int, default=500, help="samples (and real images) per Fréchet distance")
     args = p.parse_args(argv)
     command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/angle_grid.py", *(sys.argv[1:] if argv is None else argv)])
     began = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.runs:
-        rows, name = trained_part(args.runs, args.n), "trained.json"
+        dataset, rows = trained_part(args.runs, args.n)
+        name = f"trained_{dataset}.json"
     else:
         rows, name = exact_part(args.batch, args.datasets, args.n_data), "exact.json"
         plot(rows, args.out / "errors.png")
