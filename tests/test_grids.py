@@ -117,7 +117,7 @@ def test_angle_grid_starts_at_zero_snr():
     np.testing.assert_allclose(np.diff(np.concatenate([[np.pi / 2], angles])), (angles[-1] - np.pi / 2) / 6, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name,expected", [("vp-linear", "angle"), ("vp-cosine", "angle"), ("cld", "blend"),
+@pytest.mark.parametrize("name,expected", [("vp-linear", "blend"), ("vp-cosine", "blend"), ("cld", "blend"),
                                            ("bdm", "blend")])
 def test_no_grid_named_is_the_process_default_for_the_default_sampler(name, expected):
     """grid=None: the default sampler runs on the process's default_grid (benchmarks/angle_grid chose it), a named

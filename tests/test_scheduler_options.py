@@ -94,18 +94,20 @@ def test_a_tuned_grid_file_sets_the_levels(tmp_path):
 
 
 @pytest.mark.parametrize("final_sigmas_type", ["sigma_min", "zero"])
-def test_angle_sigmas_are_gddim_samples_default_vp_grid(final_sigmas_type):
-    # use_angle_sigmas: the levels of gddim.sample's angle grid from the first timestep to the landing; with the
+def test_blend_sigmas_are_gddim_samples_default_vp_grid(final_sigmas_type):
+    # use_blend_sigmas: the levels of gddim.sample's blend grid from the first timestep to the landing; with the
     # model hearing those times the loop is gddim.sample's on that grid, and the integer timesteps are the nearest
-    sched = GDDIMScheduler(use_angle_sigmas=True, final_sigmas_type=final_sigmas_type)
+    sched = GDDIMScheduler(use_blend_sigmas=True, final_sigmas_type=final_sigmas_type)
     sched.set_timesteps(8)
     process = sched.process
     land = 0.0 if final_sigmas_type == "zero" else float(process.time_of_timestep(0))
-    times = gddim.grids.angle_grid(process, 1.0, land, 8)
+    times = gddim.grids.blend_grid(process, 1.0, land, 8)
     np.testing.assert_array_equal(sched._times, times)
     np.testing.assert_array_equal(sched.timesteps.numpy(), np.clip(np.round(times[:-1] * 1000 - 1), 0, 999))
-    angles = np.arctan(sched.sigmas.double().numpy() * np.exp(gddim.grids.ANGLE_CENTRE / 2))  # σ = e^{-λ/2}
-    np.testing.assert_allclose(np.diff(angles), (angles[-1] - angles[0]) / 8, rtol=1e-5)  # float32 σ
+    # σ = e^{-λ/2}: each level's log-SNR is the mean of the quadratic and the angle grid's (float32 σ)
+    nodes = (gddim.grids.power_grid(1.0, land, 8, 2.0), gddim.grids.angle_grid(process, 1.0, land, 8))
+    expected = sum(process.log_snr(ts[:-1]) for ts in nodes) / 2
+    np.testing.assert_allclose(-2 * np.log(sched.sigmas[:-1].double().numpy()), expected, rtol=0, atol=1e-5)
     data = torch.randn(6, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     exact = gddim.exact.exact_eps(process, data)
     x = torch.randn(3, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -116,7 +118,7 @@ def test_angle_sigmas_are_gddim_samples_default_vp_grid(final_sigmas_type):
         torch.testing.assert_close(got, gddim.sample(process, exact, x, nfe=8, grid=times), rtol=0, atol=1e-12)
     assert torch.isfinite(got).all() and (got - x).abs().max() > 0.1
     with pytest.raises(SettingsError, match="exclude each other"):
-        GDDIMScheduler(use_angle_sigmas=True, use_karras_sigmas=True)
+        GDDIMScheduler(use_blend_sigmas=True, use_karras_sigmas=True)
 
 
 @pytest.mark.parametrize("limit", [{"clip_sample": True, "clip_sample_range": 0.3},

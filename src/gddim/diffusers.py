@@ -65,7 +65,7 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
     timestep_spacing (DDIMScheduler's spacings; DPM-Solver's "linspace" and "leading" differ from them by a step),
         steps_offset; use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (σ schedules: the
         model hears the nearest timestep, the step uses the exact ᾱ); set_timesteps(timesteps=..., sigmas=...).
-        gddim's own use_angle_sigmas: the levels of gddim.sample's default VP grid ("angle", gddim.grids), N calls
+        gddim's own use_blend_sigmas: the levels of gddim.sample's default VP grid ("blend", gddim.grids), N calls
         from the first timestep and the landing, the model hearing the nearest timestep as with Karras σ.
     clip_sample / clip_sample_range, thresholding / dynamic_thresholding_ratio / sample_max_value: limits on x̂_0,
         applied as DPM-Solver++ does (DDIM with use_clipped_model_output=True: ε recomputed from the limited x̂_0).
@@ -92,14 +92,14 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
                  timestep_spacing: str = "trailing", steps_offset: int = 0,
                  final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None,
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
-                 use_angle_sigmas: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0, thresholding: bool = False,
+                 use_blend_sigmas: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0, thresholding: bool = False,
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
                  rescale_betas_zero_snr: bool = False, variance_type: str | None = None):
         data, to_one = data_form(predict_x0, algorithm_type), lands_on_one(final_sigmas_type, set_alpha_to_one)
         check_model_options(prediction_type, timestep_spacing, variance_type, data, rescale_betas_zero_snr,
                             clip_sample=clip_sample, thresholding=thresholding, use_karras_sigmas=use_karras_sigmas,
                             use_exponential_sigmas=use_exponential_sigmas, use_beta_sigmas=use_beta_sigmas,
-                            use_angle_sigmas=use_angle_sigmas)
+                            use_blend_sigmas=use_blend_sigmas)
         check_sigma_schedule(self.config)
         use_corrector = DEFAULTS["use_corrector"] and solver_order != 1 if use_corrector is None else use_corrector
         self._options = sampler_options(solver_order, data, use_corrector, lower_order_final, interpolation, lam,

@@ -17,12 +17,12 @@ import scipy.stats
 from .blocks import invert_decreasing
 from .errors import SettingsError
 from .grid_files import grid_file_times, read_grid_file
-from .grids import KARRAS_RHO, angle_grid
+from .grids import KARRAS_RHO, blend_grid
 from .processes import DiscreteVP, VP
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
-SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_angle_sigmas")
+SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_blend_sigmas")
 # the terminal ᾱ the coefficients see on a zero-terminal-SNR schedule: its log-SNR must be finite; the steps
 # themselves use ᾱ = 0, and the data form's first coefficient differs from the limit by √ᾱ = 1e-10
 ZERO_SNR_STAND_IN = 1e-20
@@ -83,7 +83,7 @@ def spaced_timesteps(config, n: int) -> np.ndarray:
 
 def sigma_schedule(config, high: float, low: float, n: int) -> np.ndarray:
     """n decreasing σ from high to low: Karras (ρ = 7), exponential or Beta quantiles, by the config's flag (the
-    angle schedule is a grid down to the landing instead: levels)."""
+    blend schedule is a grid down to the landing instead: levels)."""
     ramp = np.linspace(0, 1, n)
     if config.use_karras_sigmas:
         return (high ** (1 / KARRAS_RHO) + ramp * (low ** (1 / KARRAS_RHO) - high ** (1 / KARRAS_RHO))) ** KARRAS_RHO
@@ -115,9 +115,9 @@ def levels(config, process: DiscreteVP, alphas_cumprod: np.ndarray, num_inferenc
     land = 0.0 if config.set_alpha_to_one else float(process.time_of_timestep(0))
     if isinstance(timesteps, (str, Path)):
         return _on_times(process, alphas_cumprod, _grid_file(Path(timesteps), process))
-    if config.use_angle_sigmas:  # gddim.sample's angle grid down to the landing: its calls are the first N levels
+    if config.use_blend_sigmas:  # gddim.sample's blend grid down to the landing: its calls are the first N levels
         check_step_count(num_inference_steps, config.num_train_timesteps)
-        return _on_times(process, alphas_cumprod, angle_grid(process, 1.0, land, num_inference_steps))
+        return _on_times(process, alphas_cumprod, blend_grid(process, 1.0, land, num_inference_steps))
     if timesteps is not None:
         return _on_timesteps(process, alphas_cumprod, _checked_timesteps(config, timesteps), land)
     if sigmas is not None or chosen:

@@ -59,7 +59,7 @@ class GddimVariant:
 
 # the default sampler (no order named: q = 2, data form, corrector) and the paper's gDDIM of each order, on each grid
 GDDIM_VARIANTS = tuple(GddimVariant(SamplerSpec(), grid)
-                       for grid in (SHARED_GRID, "quadratic", VP.default_grid, TUNED_GRID)) + tuple(
+                       for grid in (SHARED_GRID, "quadratic", "angle", "blend", TUNED_GRID)) + tuple(
     GddimVariant(SamplerSpec(order=q), grid) for grid in (SHARED_GRID, "quadratic", "logsnr") for q in range(4))
 GDDIM_DEFAULT = GddimVariant(SamplerSpec(), VP.default_grid)  # what gddim.sample does on VP with no option
 

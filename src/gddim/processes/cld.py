@@ -23,7 +23,7 @@ class CLD(LinearProcess):
     name = "cld"
     k = 2
     denoise = True
-    default_grid = "blend"  # beats the quadratic grid on exact scores and at NFE 10-20 on a trained CLD model
+    default_grid = "blend"  # beats the quadratic grid on exact scores and at NFE 10-20 on trained CLD models
 
     def __init__(self, m_inv: float = 4.0, beta_0: float = 4.0, beta_1: float = 0.0, gamma: float = 0.04,
                  eps_num: float = 1e-6, t_end: float = 1e-3, t_start: float = 1.0):
