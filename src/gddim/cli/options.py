@@ -145,8 +145,8 @@ def grid_option(parser: argparse.ArgumentParser) -> None:
     """--grid: a named time grid or a grid file (`gddim sample` and `gddim evaluate`)."""
     parser.add_argument("--grid", type=non_empty, help="time grid: quadratic, uniform, logsnr, karras, angle, "
                         "blend, tuned (shipped, tuned on exact scores) or a grid file from `gddim tune-grid` (tuned "
-                        "for this model and NFE); default: the default sampler on its process's grid (angle for VP, "
-                        "blend for CLD and BDM), a named order or method on the quadratic grid")
+                        "for this model and NFE); default: the default sampler on its process's grid (blend for VP, "
+                        "CLD and BDM), a named order or method on the quadratic grid")
 
 
 def shard_option(parser: argparse.ArgumentParser, where: str) -> None:
