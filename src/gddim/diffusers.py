@@ -92,8 +92,8 @@ class GDDIMScheduler(SchedulerMixin, ConfigMixin):
                  timestep_spacing: str = "trailing", steps_offset: int = 0,
                  final_sigmas_type: str | None = None, set_alpha_to_one: bool | None = None,
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
-                 use_blend_sigmas: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0, thresholding: bool = False,
-                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+                 use_blend_sigmas: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0,
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
                  rescale_betas_zero_snr: bool = False, variance_type: str | None = None):
         data, to_one = data_form(predict_x0, algorithm_type), lands_on_one(final_sigmas_type, set_alpha_to_one)
         check_model_options(prediction_type, timestep_spacing, variance_type, data, rescale_betas_zero_snr,

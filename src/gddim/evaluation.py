@@ -21,8 +21,8 @@ from .data import load_images
 from .distributed import ProcessGroup, from_rank0, process_group, run_on_rank0
 from .generation import from_uint8, sample_images, save_grid, to_uint8
 from .grids import grid_label
-from .metrics import (FeatureStats, check_split_size, classifier_features, inception_features, load_feature_net, real_split,
-                      stats_distance)
+from .metrics import (FeatureStats, check_split_size, classifier_features, inception_features, load_feature_net,
+                      real_split, stats_distance)
 from .networks import EpsModel
 from .processes import LinearProcess
 from .sampling import SamplerError, check_sampler

@@ -26,7 +26,7 @@ from .diffusers import GDDIMScheduler, GDDIMSchedulerOutput, _diffusers_normal
 from .errors import SettingsError
 from .processes import FlowMatching
 from .multistep import check_start
-from .noise_levels import check_step_count, sigma_schedule
+from .noise_levels import DIFFUSERS_SIGMA_SCHEDULES, check_step_count, sigma_schedule
 from .sampling import Stepper, integrator
 from .scheduler_options import sampler_options
 
@@ -196,7 +196,7 @@ class GDDIMFlowScheduler(SchedulerMixin, ConfigMixin):
 
 def _spaced(config, levels: np.ndarray, n: int) -> np.ndarray:
     """Karras, exponential or beta σ between the shifted schedule's end points, as diffusers spaces them."""
-    if any(config[name] for name in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")):
+    if any(config[name] for name in DIFFUSERS_SIGMA_SCHEDULES):
         return sigma_schedule(config, float(levels[0]), float(levels[-1]), n)
     return levels
 
@@ -225,8 +225,8 @@ def _check_config(config) -> None:
                             "the flow-matching σ from 1 to 0")
     if config.time_shift_type not in TIME_SHIFT_TYPES:
         raise SettingsError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got {config.time_shift_type!r}")
-    if sum(bool(config[k]) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")) > 1:
-        raise SettingsError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
+    if sum(bool(config[k]) for k in DIFFUSERS_SIGMA_SCHEDULES) > 1:
+        raise SettingsError(f"use at most one of {', '.join(DIFFUSERS_SIGMA_SCHEDULES)}")
     if config.stochastic_sampling:
         warnings.warn("stochastic_sampling (FlowMatchEuler's re-noising) is not supported and is ignored; "
                       "gDDIM's stochastic sampler is lam in (0, 1]", stacklevel=4)

@@ -13,10 +13,10 @@ from PIL.PngImagePlugin import PngInfo
 from .atomic import atomic_file, make_folder
 from .distributed import ProcessGroup
 from .errors import SettingsError
+from .grids import grid_label
 from .networks import EpsModel
 from .noise import SampleNoise
 from .processes import LinearProcess
-from .grids import grid_label
 from .sampling import check_sampler, sample
 from .shards import Generation, generate, read_shards, remove_shards, write_npz
 

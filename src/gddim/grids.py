@@ -58,7 +58,7 @@ def angle_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: in
 
 def blend_grid(process: LinearProcess, t_start: float, t_end: float, n_steps: int) -> np.ndarray:
     """Each node's log-SNR halfway between the quadratic grid's and the angle grid's: the angle grid's dense middle
-    with shorter first and last steps, which trained CLD and BDM models need (benchmarks/angle_grid)."""
+    with shorter first and last steps, which trained models need (benchmarks/angle_grid)."""
     nodes = (power_grid(t_start, t_end, n_steps, 2.0), angle_grid(process, t_start, t_end, n_steps))
     with np.errstate(divide="ignore", invalid="ignore"):  # infinite log-SNR at zero SNR or t = 0: exact ends replace it
         return _times_of_log_snr(process, sum(process.log_snr(ts) for ts in nodes) / 2, t_start, t_end)

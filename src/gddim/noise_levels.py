@@ -22,7 +22,8 @@ from .processes import DiscreteVP, VP
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
-SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_blend_sigmas")
+DIFFUSERS_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # sigma_schedule's
+SIGMA_SCHEDULES = DIFFUSERS_SIGMA_SCHEDULES + ("use_blend_sigmas",)
 # the terminal ᾱ the coefficients see on a zero-terminal-SNR schedule: its log-SNR must be finite; the steps
 # themselves use ᾱ = 0, and the data form's first coefficient differs from the limit by √ᾱ = 1e-10
 ZERO_SNR_STAND_IN = 1e-20

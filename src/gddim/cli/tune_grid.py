@@ -14,8 +14,9 @@ def register(subparsers) -> None:
         help="tune a time grid to a checkpoint's EMA model (or a diffusers UNet2DModel) at one NFE -> grid file (JSON)",
         description="Draws --batch prior samples, solves their probability-flow ODE accurately with the model, "
                     "finds the --nfe grid among --candidates times that minimizes the summed error of single gDDIM "
-                    "steps, and keeps it, a smoothed form of it or the quadratic or uniform grid: whichever brings "
-                    "the default sampler nearest the accurate solution. No data needed. Use the file with "
+                    "steps, and keeps it, a smoothed form of it or a named grid (quadratic, uniform, angle, "
+                    "blend): whichever brings the default sampler nearest the accurate solution. No data needed. "
+                    "Use the file with "
                     "`gddim sample/evaluate --grid FILE`, gddim.sample(..., grid=FILE) or, for a diffusers folder, "
                     "GDDIMScheduler.set_timesteps(timesteps=FILE).")
     p.add_argument("checkpoint", type=non_empty, help="run folder, checkpoint folder, or a local diffusers UNet2DModel folder")
